@@ -1,0 +1,110 @@
+"""Typed configuration (pydantic), loaded from YAML, with ``key=value`` overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dreamrec.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrepareConfig(_Strict):
+    """How an interaction log becomes a prepared dataset."""
+
+    protocol: Literal["dreamrec", "loo"] = "loo"
+    min_item_count: int = Field(5, ge=1, description="k-core: keep items with at least this many interactions")
+    min_seq_len: int = Field(3, ge=1, description="k-core: keep users with at least this many interactions")
+    max_len: int | None = Field(None, ge=1, description="history window; default 10 (dreamrec) or 50 (loo)")
+    dedupe: bool = True
+    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def window(self) -> int:
+        if self.max_len is not None:
+            return self.max_len
+        return 10 if self.protocol == "dreamrec" else 50
+
+
+class TrainConfig(_Strict):
+    """Optimisation and model selection, shared by every trainable model."""
+
+    epochs: int = Field(200, ge=0)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
+    val_metric: str = "NDCG@20"
+    eval_every: int = Field(1, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    max_len: int | None = Field(None, ge=1, description="history window seen by the model; default the dataset's")
+    grad_clip: float | None = Field(5.0, gt=0)
+    seed: int = 42
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default torch's choice")
+
+
+class RunConfig(_Strict):
+    """Everything a training run needs; saved resolved in the run directory."""
+
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict, description="the model's own hyperparameters")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping at the top level")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars/lists (``0.1``, ``true``, ``[1,2]``) else the raw string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a nested dict (new dict returned).
+
+    ``model=...`` sets the model name, ``train.*`` the trainer and anything else under
+    ``params`` (``hidden=64`` and ``params.hidden=64`` are the same).
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if parts[0] not in ("model", "train", "params"):
+            parts = ["params", *parts]
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = parse_value(value)
+    return out
+
+
+def build_run_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {e}") from None

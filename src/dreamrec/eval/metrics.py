@@ -1,0 +1,44 @@
+"""Full-ranking metrics from ranks.
+
+The rank of the target is its 0-based position in the full ranking of all real items
+(never the padding id): the number of items scoring strictly higher, plus the number scoring
+exactly the same with a lower internal id (ties broken by id, as the top-k lists are).
+
+HR@K = [rank < K];  NDCG@K = [rank < K] / log2(rank + 2);  MRR@K = [rank < K] / (rank + 1).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
+
+
+def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0-based rank of ``target`` (internal ids, 1..n_items) in each row of ``scores`` [B, n_items]."""
+    if scores.ndim != 2 or target.ndim != 1 or scores.shape[0] != target.shape[0]:
+        raise ValueError(f"scores must be [B, n] and target [B]; got {tuple(scores.shape)} and {tuple(target.shape)}")
+    if int(target.min()) < 1 or int(target.max()) > scores.shape[1]:
+        raise ValueError("target ids must lie in 1..n_items (0 is padding)")
+    col = (target - 1).long()
+    s_t = scores.gather(1, col[:, None])
+    higher = (scores > s_t).sum(1)
+    idx = torch.arange(scores.shape[1], device=scores.device)[None, :]
+    ties_before = ((scores == s_t) & (idx < col[:, None])).sum(1)
+    return higher + ties_before
+
+
+def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Mean HR@K, NDCG@K and MRR@K (fractions) over all rows, plus ``n``."""
+    r = np.asarray(ranks.cpu() if isinstance(ranks, torch.Tensor) else ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    n = len(r)
+    for k in ks:
+        hit = r < k
+        out[f"HR@{k}"] = float(hit.mean()) if n else 0.0
+        out[f"NDCG@{k}"] = float((hit / np.log2(r + 2)).mean()) if n else 0.0
+        out[f"MRR@{k}"] = float((hit / (r + 1)).mean()) if n else 0.0
+    out["n"] = n
+    return out
