@@ -48,7 +48,7 @@ class SampleRows:
         if self.user is None:
             self.user = np.full(len(self.target), -1, dtype=np.int64)
         self.user = np.ascontiguousarray(self.user, dtype=np.int64)
-        if self.history.ndim != 2 or len(self.history) != len(self.target) != len(self.user):
+        if self.history.ndim != 2 or not (len(self.history) == len(self.target) == len(self.user)):
             raise ValueError("SampleRows: history must be [N, W] and target/user [N]")
 
     def __len__(self) -> int:

@@ -41,18 +41,18 @@ def rank_targets(
     width = max_len or getattr(model, "max_len", rows.width)
     history = fit_width(rows.history, width)
     ranks = np.empty(len(rows), dtype=np.int64)
-    rng_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    dev = torch.device(device)
     try:
-        for s in range(0, len(rows), batch_size):
-            h = torch.from_numpy(history[s : s + batch_size]).to(device)
-            t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
-            scores = model.score(h).float()
-            if exclude_seen:
-                scores = exclude_history(scores, h)
-            ranks[s : s + len(t)] = target_ranks(scores, t).cpu().numpy()
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for s in range(0, len(rows), batch_size):
+                h = torch.from_numpy(history[s : s + batch_size]).to(device)
+                t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
+                scores = model.score(h).float()
+                if exclude_seen:
+                    scores = exclude_history(scores, h)
+                ranks[s : s + len(t)] = target_ranks(scores, t).cpu().numpy()
     finally:
-        torch.random.set_rng_state(rng_state)
         model.train(was_training)
     return ranks
 

@@ -25,6 +25,8 @@ class ExactIndex:
     @torch.no_grad()
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [B, k], columns [B, k]) of the best ``k`` items per query."""
+        if len(self) == 0:
+            raise ValueError("ExactIndex.search: the catalog is empty")
         k = min(k, len(self))
         best_s = best_i = None
         for start in range(0, len(self), self.chunk_size):
