@@ -1,0 +1,256 @@
+"""The ``dreamrec`` command line: prepare, train, evaluate, recommend, demo."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from dreamrec.errors import DreamrecError
+
+app = typer.Typer(
+    help="Generative (diffusion-based) sequential recommendation: prepare data, train, evaluate, recommend.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
+    recbole = "recbole"
+    movielens = "movielens"
+    dreamrec = "dreamrec"
+    diffurec = "diffurec"
+
+
+class Protocol(str, Enum):
+    dreamrec = "dreamrec"
+    loo = "loo"
+
+
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+def prepare(
+    source: Path = typer.Argument(..., help="Interaction log file, or the published split (a DreamRec directory / DiffuRec .pkl)."),
+    format: Format = typer.Option(..., "--format", "-f", help="Input format. 'dreamrec' and 'diffurec' are pickles: only read because you name them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the prepared dataset to."),
+    protocol: Protocol = typer.Option(Protocol.loo, help="Split protocol for logs: 'loo' (leave-one-out) or 'dreamrec' (users 8:1:1 by time, every prefix a sample)."),
+    user_col: str = typer.Option("user_id", help="User column (csv/tsv/parquet/recbole)."),
+    item_col: str = typer.Option("item_id", help="Item column (csv/tsv/parquet/recbole)."),
+    time_col: str = typer.Option("timestamp", help="Timestamp column: numbers or ISO datetimes."),
+    rating_col: Optional[str] = typer.Option(None, help="Optional rating column, kept as is."),
+    sep: Optional[str] = typer.Option(None, help="Field separator (csv default ',', tsv '\\t')."),
+    item_meta: Optional[Path] = typer.Option(None, help="Item metadata file (e.g. MovieLens movies.dat)."),
+    min_item_count: int = typer.Option(5, help="k-core: minimum interactions per item."),
+    min_seq_len: int = typer.Option(3, help="k-core: minimum interactions per user."),
+    max_len: Optional[int] = typer.Option(None, help="History window (default 10 for dreamrec, 50 for loo)."),
+) -> None:
+    """Read a log or a published split and write a prepared dataset directory (Parquet/NumPy + JSON)."""
+    from dreamrec.config import PrepareConfig
+    from dreamrec.data.prepare import prepare_source
+
+    try:
+        cfg = PrepareConfig(
+            protocol=protocol.value, min_item_count=min_item_count, min_seq_len=min_seq_len, max_len=max_len
+        )
+        ds = prepare_source(
+            source, format.value, cfg, user_col=user_col, item_col=item_col, time_col=time_col,
+            rating_col=rating_col, sep=sep, item_meta_path=item_meta,
+        )
+        ds.save(out)
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+    typer.echo(json.dumps({"out": str(out), **ds.summary()}))
+
+
+def _run_config(model: str, config: Optional[Path], overrides: list[str]):
+    from dreamrec.config import apply_overrides, build_run_config, load_yaml
+
+    data: dict[str, Any] = load_yaml(config) if config else {}
+    data = apply_overrides(data, overrides or [])
+    if model:
+        if data.get("model") not in (None, model):
+            _echo(f"note: --model {model} overrides model {data['model']!r} of {config}")
+        data["model"] = model
+    if "model" not in data:
+        raise DreamrecError("no model given: use --model NAME or a config with a 'model' key")
+    return build_run_config(data, str(config or "--set"))
+
+
+@app.command()
+def train(
+    model: str = typer.Option("", "--model", "-m", help="Model name (popularity, sasrec, gru4rec, ...)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset directory (from `dreamrec prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: model, params, train."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: key=value (train.lr=1e-3, hidden=64, ...). Repeatable."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a model with early stopping on validation; writes the run directory and its test metrics."""
+    from dreamrec.train.run import train_run
+
+    try:
+        cfg = _run_config(model, config, set_ or [])
+        metrics = train_run(cfg, data, out, resume=resume, progress=progress, log=_echo)
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+    t = metrics["test"]
+    _echo(f"best epoch {metrics['best_epoch']}; test HR@20 {t['HR@20']:.4f} NDCG@20 {t['NDCG@20']:.4f} (n={t['n']})")
+    typer.echo(json.dumps({"out": str(out), **metrics}))
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory from `dreamrec train`."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prepared dataset (default: the one the run was trained on)."),
+    split: Split = typer.Option(Split.test, help="Which split to evaluate."),
+    exclude_seen: bool = typer.Option(False, help="Never rank items already in the history (off by default, as in the papers)."),
+    batch_size: int = typer.Option(1024, help="Rows per scoring batch."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
+) -> None:
+    """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
+    from dreamrec.data.dataset import PreparedDataset
+    from dreamrec.eval.evaluate import evaluate as run_eval
+    from dreamrec.train.run import load_run
+
+    try:
+        run = load_run(run_dir)
+        data_dir = data or run.info.get("data_dir")
+        if not data_dir:
+            raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
+        ds = PreparedDataset.load(data_dir)
+        if ds.n_items != run.model.n_items:
+            raise DreamrecError(f"{data_dir} has {ds.n_items} items but the run was trained on {run.model.n_items}")
+        m = run_eval(run.model, ds.split(split.value), batch_size=batch_size, exclude_seen=exclude_seen,
+                     seed=run.config.train.seed)
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+    if json_out:
+        typer.echo(json.dumps({"split": split.value, **m}))
+    else:
+        ks = sorted({int(k.split("@")[1]) for k in m if "@" in k})
+        typer.echo(f"{split.value}: n={m['n']}")
+        for k in ks:
+            typer.echo(f"  @{k:<3} HR {m[f'HR@{k}']:.4f}  NDCG {m[f'NDCG@{k}']:.4f}  MRR {m[f'MRR@{k}']:.4f}")
+
+
+def _parse_history(text: str) -> list[Any]:
+    items: list[Any] = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if tok:
+            items.append(tok)
+    return items
+
+
+@app.command()
+def recommend(
+    run_dir: Path = typer.Argument(..., help="A run directory from `dreamrec train`."),
+    history: Optional[str] = typer.Option(None, "--history", help="Comma-separated original item ids, oldest first."),
+    input: Optional[Path] = typer.Option(None, "--input", help="JSONL file: one {\"history\": [...]} per line."),
+    output: Optional[Path] = typer.Option(None, "--output", help="JSONL output for --input (default stdout)."),
+    k: int = typer.Option(20, "--k", help="Number of items to return."),
+    exclude_seen: bool = typer.Option(False, help="Do not recommend items in the history."),
+) -> None:
+    """Top-k items (original ids) with scores for one history or a JSONL batch."""
+    from dreamrec.serve import Recommender
+
+    if (history is None) == (input is None):
+        _fail(DreamrecError("give exactly one of --history or --input"))
+    try:
+        rec = Recommender.load(run_dir)
+        if history is not None:
+            r = rec.recommend(_parse_history(history), k=k, exclude_seen=exclude_seen)
+            typer.echo(json.dumps(r.to_dict()))
+            return
+        assert input is not None
+        rows = _read_jsonl(input)
+        results = []
+        for s in range(0, len(rows), 512):
+            results += rec.recommend_batch(rows[s : s + 512], k=k, exclude_seen=exclude_seen)
+        lines = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
+        if output:
+            output.write_text(lines)
+            _echo(f"wrote {len(results)} lines to {output}")
+        else:
+            sys.stdout.write(lines)
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+
+
+def _read_jsonl(path: Path) -> list[list[Any]]:
+    from dreamrec.errors import DataError, InvalidValueError
+
+    if not path.is_file():
+        raise DataError("file not found", path)
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidValueError(f"invalid JSON ({e.msg})", path, i) from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("history"), list):
+            raise InvalidValueError('each line must be an object {"history": [ids...]}', path, i)
+        out.append(obj["history"])
+    return out
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the runs here (default: a temporary directory)."),
+    epochs: int = typer.Option(30, help="Maximum epochs per trained model."),
+    seed: int = typer.Option(0, help="Seed for data and training."),
+) -> None:
+    """Train every model on the embedded synthetic data and compare with the Bayes-optimal bound."""
+    from dreamrec.demo import run_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            rows = run_demo(out or Path(tmp), epochs=epochs, seed=seed, log=_echo)
+        except (DreamrecError, ValueError) as e:
+            _fail(e)
+    typer.echo(rows)
+
+
+@app.command()
+def info(data: Path = typer.Argument(..., help="A prepared dataset directory.")) -> None:
+    """Print a prepared dataset's summary as JSON."""
+    from dreamrec.data.dataset import PreparedDataset
+
+    try:
+        ds = PreparedDataset.load(data)
+    except DreamrecError as e:
+        _fail(e)
+    typer.echo(json.dumps({**ds.summary(), "info": ds.info}, indent=2, default=str))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

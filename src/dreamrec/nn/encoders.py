@@ -1,0 +1,272 @@
+"""Sequence encoders shared by the sequential recommenders.
+
+Both encoders read right-aligned, zero-padded histories ``[B, L]`` (0 = padding, the most recent
+item in the last column; a row may be all padding = an empty history) and return one hidden
+state per position ``[B, L, d]`` whose padded positions hold a learned ``empty_state``. ``last_hidden``
+gives the state at the last column, the summary of the whole history (``empty_state`` for an empty one).
+
+* :class:`TransformerEncoder` is the SASRec encoder (Kang & McAuley, 2018, Sec. III-B/C):
+  ``E = Emb(s) + P`` (Eq. 1 of SASRec), then ``n_layers`` blocks of causal self-attention
+  ``Attn(Q, K, V) = softmax(Q K^T / sqrt(d)) V`` (Eq. 2) and a point-wise feed-forward network
+  (Eq. 4), each wrapped as ``LayerNorm(x + Dropout(sublayer(x)))``. DreamRec (Yang et al., 2023,
+  Sec. 4.2) encodes the history with the same Transformer to obtain its guidance vector ``c``.
+* :class:`GRUEncoder` is the GRU4Rec encoder (Hidasi et al., 2016): a (stacked) GRU over the
+  item embeddings, projected back to the embedding size so that scores are inner products with
+  the item table.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamrec.nn.dropout import Dropout
+
+
+def valid_mask(history: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool, True at real items (non-padding)."""
+    return history > 0
+
+
+def attention_mask(history: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, L, L]`` bool mask (True = may attend) for causal attention over a padded history.
+
+    Query ``i`` may attend to key ``j`` when ``j <= i`` (causality) and ``j`` is a real item. The
+    diagonal is always allowed, so a padded query (in particular every query of an all-padding
+    row) still has one key and the softmax never sees a fully masked row (which would give NaN).
+    """
+    L = history.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=history.device).tril()
+    eye = torch.eye(L, dtype=torch.bool, device=history.device)
+    keys = valid_mask(history)[:, None, None, :]  # [B, 1, 1, L]
+    return (causal & keys) | eye
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention (SASRec Eq. 2, with ``h`` heads)."""
+
+    def __init__(self, hidden: int, n_heads: int, attn_dropout: float):
+        super().__init__()
+        if hidden % n_heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.head_dim = hidden // n_heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.attn_dropout = attn_dropout
+        self.attn_drop = Dropout(attn_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.training and self.attn_dropout > 0:
+            # explicit softmax(QK^T / sqrt(d)) V so the attention dropout uses the fast mask
+            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+            weights = self.attn_drop(torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1))
+            y = weights @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class FeedForward(nn.Module):
+    """Point-wise two-layer network ``W2 act(W1 x + b1) + b2`` (SASRec Eq. 4; GELU by default)."""
+
+    def __init__(self, hidden: int, inner_size: int, dropout: float, activation: Literal["gelu", "relu"] = "gelu"):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, inner_size)
+        self.fc2 = nn.Linear(inner_size, hidden)
+        self.dropout = Dropout(dropout)
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention then feed-forward, each as ``LayerNorm(x + Dropout(sublayer(x)))``."""
+
+    def __init__(
+        self,
+        hidden: int,
+        n_heads: int,
+        inner_size: int,
+        dropout: float,
+        attn_dropout: float,
+        activation: Literal["gelu", "relu"] = "gelu",
+    ):
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(hidden, n_heads, attn_dropout)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.ffn = FeedForward(hidden, inner_size, dropout, activation)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attn(x, mask)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """SASRec-style causal Transformer over right-aligned item histories.
+
+    The learned positional embedding is indexed from the right: the last column always gets
+    position ``max_len - 1`` whatever the input width, so "the most recent item" has one fixed
+    position embedding. Inputs wider than ``max_len`` keep their most recent ``max_len`` columns.
+
+    ``item_embedding`` may be passed in to share a table with the caller (SASRec ties its input
+    and output embeddings); otherwise the encoder creates its own (``padding_idx=0``).
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        hidden: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        dropout: float = 0.2,
+        attn_dropout: float | None = None,
+        inner_size: int | None = None,
+        activation: Literal["gelu", "relu"] = "gelu",
+        init_std: float = 0.02,
+        item_embedding: nn.Embedding | None = None,
+    ):
+        super().__init__()
+        self.n_items = n_items
+        self.max_len = max_len
+        self.hidden = hidden
+        self.init_std = init_std
+        if item_embedding is None:
+            item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        elif item_embedding.embedding_dim != hidden:
+            raise ValueError("shared item_embedding must have embedding_dim == hidden")
+        self.item_embedding = item_embedding
+        self.position_embedding = nn.Embedding(max_len, hidden)
+        self.empty_state = nn.Parameter(torch.zeros(hidden))  # query of an empty history
+        self.emb_norm = nn.LayerNorm(hidden)
+        self.emb_dropout = Dropout(dropout)
+        attn_dropout = dropout if attn_dropout is None else attn_dropout
+        inner_size = 4 * hidden if inner_size is None else inner_size
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden, n_heads, inner_size, dropout, attn_dropout, activation) for _ in range(n_layers)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for embeddings and linear weights, zero biases, unit LayerNorms."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=self.init_std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` history -> ``[B, L, hidden]`` states (``empty_state`` at padded positions)."""
+        if history.shape[1] > self.max_len:
+            history = history[:, -self.max_len :]
+        L = history.shape[1]
+        valid = valid_mask(history)[..., None].to(self.item_embedding.weight.dtype)
+        positions = torch.arange(self.max_len - L, self.max_len, device=history.device)
+        # SASRec Eq. (1): E = item embedding + learned positional embedding
+        x = self.item_embedding(history) + self.position_embedding(positions)[None]
+        x = self.emb_dropout(self.emb_norm(x)) * valid
+        mask = attention_mask(history)
+        for block in self.blocks:
+            x = block(x, mask) * valid
+        return with_empty_state(x, valid, self.empty_state)
+
+    def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` -> ``[B, hidden]``: the state at the most recent position (learned if empty)."""
+        return self.forward(history)[:, -1]
+
+
+def with_empty_state(x: torch.Tensor, valid: torch.Tensor, empty_state: torch.Tensor) -> torch.Tensor:
+    """Put the learned ``empty_state`` at padded positions of ``x`` [B, L, d] (``valid`` [B, L, 1]).
+
+    Real positions never attend to padding, so this only matters where a padded position is
+    read: the last column of an empty history, whose query is then a learned vector (the model's
+    answer for "no context") instead of zero, which would rank items by id.
+    """
+    return x * valid + empty_state * (1 - valid)
+
+
+def _left_align_index(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """Gather index moving the ``lengths[b]`` real items of a right-aligned row to its front."""
+    shift = (L - lengths)[:, None]
+    return (torch.arange(L, device=lengths.device)[None, :] + shift) % L
+
+
+class GRUEncoder(nn.Module):
+    """GRU4Rec encoder: embedding -> dropout -> stacked GRU -> dropout -> linear to ``embedding``.
+
+    Padding never enters the recurrence: each row's real items are packed (the row is shifted to
+    the left, run through ``pack_padded_sequence``, and shifted back), so a state depends only on
+    the items before it, not on how many pads precede them. Outputs at padded positions are zero.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        embedding: int = 64,
+        hidden: int = 128,
+        n_layers: int = 1,
+        dropout: float = 0.3,
+        item_embedding: nn.Embedding | None = None,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.n_items = n_items
+        if item_embedding is None:
+            item_embedding = nn.Embedding(n_items + 1, embedding, padding_idx=0)
+            nn.init.normal_(item_embedding.weight, std=init_std)
+            with torch.no_grad():
+                item_embedding.weight[0].zero_()
+        self.item_embedding = item_embedding
+        self.emb_dropout = Dropout(dropout)
+        self.gru = nn.GRU(
+            embedding, hidden, num_layers=n_layers, batch_first=True, dropout=dropout if n_layers > 1 else 0.0
+        )
+        self.out_dropout = Dropout(dropout)
+        self.proj = nn.Linear(hidden, embedding)
+        self.empty_state = nn.Parameter(torch.zeros(embedding))  # query of an empty history
+
+    def _run(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(packed outputs, final states ``[n_layers, B, hidden]``, lengths ``[B]``)."""
+        L = history.shape[1]
+        lengths = valid_mask(history).sum(1)
+        # left-align, pack (an empty row runs on one pad token; its output is zeroed by callers)
+        left = history.gather(1, _left_align_index(lengths, L))
+        x = self.emb_dropout(self.item_embedding(left))
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, h_n = self.gru(packed)
+        return out, h_n, lengths
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` history -> ``[B, L, embedding]`` (``empty_state`` at padded positions)."""
+        B, L = history.shape
+        packed, _, lengths = self._run(history)
+        out, _ = nn.utils.rnn.pad_packed_sequence(packed, batch_first=True, total_length=L)
+        # shift back to right alignment: position j reads left position j - (L - len)
+        back = (torch.arange(L, device=history.device)[None, :] - (L - lengths)[:, None]) % L
+        out = out.gather(1, back[..., None].expand(B, L, out.shape[-1]))
+        y = self.proj(self.out_dropout(out))
+        return with_empty_state(y, valid_mask(history)[..., None].to(y.dtype), self.empty_state)
+
+    def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` -> ``[B, embedding]``: the state after the most recent item (``empty_state`` if empty).
+
+        Reads the GRU's final state directly (no per-position projection).
+        """
+        _, h_n, lengths = self._run(history)
+        y = self.proj(self.out_dropout(h_n[-1]))
+        return with_empty_state(y, (lengths > 0)[:, None].to(y.dtype), self.empty_state)

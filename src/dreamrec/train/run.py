@@ -1,0 +1,145 @@
+"""A training run as a directory: what `dreamrec train` writes and `evaluate`/`recommend` read.
+
+``RUN_DIR/``
+  ``config.yaml``       resolved RunConfig (model name, its full parameters, trainer settings)
+  ``run.json``          n_items, max_len, the data directory it was trained on, dreamrec version
+  ``items.parquet``     the item id map (row i = internal id i + 1) and item metadata where known
+  ``model.safetensors`` best weights (by the validation metric)
+  ``metrics.json``      best validation metrics, test metrics, best epoch
+  ``log.jsonl``         one line per epoch; ``checkpoint/`` for ``--resume``
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+import yaml
+
+from dreamrec import __version__
+from dreamrec.config import RunConfig, build_run_config
+from dreamrec.data.dataset import PreparedDataset
+from dreamrec.errors import ArtifactError, ConfigError
+from dreamrec.eval.evaluate import evaluate
+from dreamrec.models import build_model
+from dreamrec.models.base import SequentialRecommender
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve(config: RunConfig, dataset: PreparedDataset) -> tuple[RunConfig, SequentialRecommender]:
+    """Build the model and return the config with every default filled in."""
+    max_len = config.train.max_len or dataset.max_len
+    model = build_model(config.model, dataset.n_items, max_len, config.params)
+    resolved = config.model_copy(
+        update={"params": model.config.model_dump(), "train": config.train.model_copy(update={"max_len": max_len})}
+    )
+    return resolved, model
+
+
+def train_run(
+    config: RunConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    dataset: PreparedDataset | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` on the prepared dataset at ``data_dir`` into ``out_dir``; returns metrics.json."""
+    from dreamrec.train.trainer import train
+
+    out_dir = Path(out_dir)
+    dataset = dataset if dataset is not None else PreparedDataset.load(data_dir)
+    from dreamrec.train.trainer import seed_everything
+
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.train.seed)  # the initial weights depend on the seed too
+    config, model = resolve(config, dataset)
+    if resume and not (out_dir / "checkpoint").exists():
+        raise ArtifactError(f"{out_dir}: --resume given but there is no checkpoint/ to resume from")
+    if not resume and (out_dir / "model.safetensors").exists():
+        raise ArtifactError(f"{out_dir}: already holds a trained run; use --resume or another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    run_info = {
+        "n_items": dataset.n_items,
+        "max_len": config.train.max_len,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "protocol": dataset.protocol,
+        "dreamrec_version": __version__,
+    }
+    atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2))
+    _save_items(dataset, out_dir / "items.parquet")
+    model.to(config.train.device)
+    result = train(model, dataset, config.train, out_dir, resume=resume, progress=progress, log=log)
+    test = evaluate(
+        model, dataset.test, batch_size=config.train.eval_batch_size, device=config.train.device, seed=config.train.seed
+    )
+    metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _save_items(dataset: PreparedDataset, path: Path) -> None:
+    table = pd.DataFrame({"item_id": dataset.item_ids.reset_index(drop=True)})
+    if dataset.item_meta is not None:
+        meta = dataset.item_meta.reset_index(drop=True)
+        for c in meta.columns:
+            if c != "item_id":
+                table[c] = meta[c]
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    model: SequentialRecommender
+    items: pd.DataFrame
+    info: dict[str, Any]
+    path: Path
+
+    @property
+    def item_ids(self) -> pd.Series:
+        return self.items["item_id"]
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Rebuild the trained model of ``run_dir`` from YAML, JSON, Parquet and safetensors (no pickle)."""
+    from dreamrec.train.checkpoint import load_weights
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "run.json", "items.parquet", "model.safetensors"):
+        if not (run_dir / name).exists():
+            raise ArtifactError(f"{run_dir}: not a finished run ({name} missing)")
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: invalid YAML: {e}") from None
+    config = build_run_config(data, str(run_dir / "config.yaml"))
+    info = json.loads((run_dir / "run.json").read_text())
+    model = build_model(config.model, int(info["n_items"]), int(info["max_len"]), config.params)
+    load_weights(model, run_dir / "model.safetensors")
+    model.to(device).eval()
+    items = pd.read_parquet(run_dir / "items.parquet")
+    return LoadedRun(config, model, items, info, run_dir)

@@ -1,0 +1,245 @@
+"""The training loop shared by every trainable model.
+
+``train`` fits a :class:`~dreamrec.models.base.SequentialRecommender` on a
+:class:`~dreamrec.data.dataset.PreparedDataset`, selects the epoch with the best validation
+metric (early stopping with ``patience``), keeps its weights in ``<out_dir>/model.safetensors``
+and writes a resumable, pickle-free checkpoint after every epoch (``<out_dir>/checkpoint/``,
+see :mod:`dreamrec.train.checkpoint`). Resuming continues from that checkpoint and produces the
+same result as an uninterrupted run with the same seed: the batch order comes from a NumPy
+generator and dropout/negative sampling from torch's global generator, both saved.
+
+Files written in ``out_dir``: ``model.safetensors`` (best weights), ``log.jsonl`` (one JSON
+object per epoch) and ``checkpoint/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dreamrec.config import TrainConfig
+from dreamrec.data.batching import Batch, iter_pairs, iter_seq2seq, n_pairs, n_seq2seq
+from dreamrec.data.dataset import PreparedDataset
+from dreamrec.errors import ConfigError
+from dreamrec.eval.evaluate import evaluate
+from dreamrec.eval.metrics import DEFAULT_KS
+from dreamrec.models.base import SequentialRecommender
+from dreamrec.train.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+
+WEIGHTS_FILE = "model.safetensors"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`. ``best_epoch`` is 0 for models without gradient training."""
+
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's legacy and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def metric_ks(val_metric: str) -> tuple[int, ...]:
+    """The cut-offs to evaluate so that ``val_metric`` (e.g. ``"NDCG@20"``) is computed."""
+    m = re.fullmatch(r"(HR|NDCG|MRR)@(\d+)", val_metric)
+    if not m:
+        raise ConfigError(f"train.val_metric {val_metric!r}: expected HR@K, NDCG@K or MRR@K")
+    return tuple(sorted(set(DEFAULT_KS) | {int(m.group(2))}))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def batches(
+    model: SequentialRecommender, dataset: PreparedDataset, batch_size: int, width: int, rng: np.random.Generator
+) -> tuple[Iterator[Batch], int]:
+    """(shuffled batch iterator over the training data for the model's ``batch_mode``, its length)."""
+    if model.batch_mode == "seq2seq":
+        n = n_seq2seq(dataset.train, width)
+        it = iter_seq2seq(dataset.train, batch_size, width, rng, shuffle=True)
+    elif model.batch_mode == "pairs":
+        n = n_pairs(dataset.train)
+        it = iter_pairs(dataset.train, batch_size, width, rng, shuffle=True)
+    else:
+        raise ValueError(f"model {model.name!r} has batch_mode {model.batch_mode!r}: nothing to iterate")
+    return it, math.ceil(n / batch_size)
+
+
+def _summary(entry: dict[str, Any], val_metric: str) -> str:
+    parts = [f"epoch {entry['epoch']}"]
+    if entry.get("loss") is not None:
+        parts.append(f"loss {entry['loss']:.4f}")
+    val = entry.get("val")
+    if val:
+        parts.append(f"val {val_metric} {val[val_metric]:.4f} HR@20 {val.get('HR@20', float('nan')):.4f}")
+    parts.append(f"{entry['seconds']:.1f}s")
+    if entry.get("best"):
+        parts.append("*best*")
+    return " | ".join(parts)
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for e in history:
+            f.write(json.dumps(e) + "\n")
+
+
+def _append_log(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def train(
+    model: SequentialRecommender,
+    dataset: PreparedDataset,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``dataset.train``, select on ``dataset.val``; see the module docstring.
+
+    The model must already be built with ``max_len = config.max_len or dataset.max_len``; its
+    initial weights come from the caller (seed before building it for a reproducible init).
+    With ``resume=True`` and a checkpoint in ``out_dir/checkpoint``, training continues after
+    the checkpointed epoch up to ``config.epochs``; without a checkpoint it starts afresh.
+    At the end the best weights are loaded into ``model``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda _msg: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    model.to(device)
+    ks = metric_ks(config.val_metric)
+    width = config.max_len or dataset.max_len
+    weights_path = out_dir / WEIGHTS_FILE
+    log_path = out_dir / LOG_FILE
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    def validate() -> dict[str, float]:
+        return evaluate(
+            model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device, seed=config.seed
+        )
+
+    model.fit_statistics(dataset)
+
+    if model.batch_mode == "none":
+        t0 = time.perf_counter()
+        val = validate()
+        save_weights(model, weights_path)
+        entry = {"epoch": 0, "loss": None, "val": val, "seconds": time.perf_counter() - t0, "best": True}
+        _write_log(log_path, [entry])
+        say(_summary(entry, config.val_metric))
+        return TrainResult(best_epoch=0, best_val=val, history=[entry], stopped_early=False)
+
+    optimizer = make_optimizer(model, config)
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_value": None,
+        "best_epoch": 0,
+        "best_val": {},
+        "bad_epochs": 0,
+        "stopped_early": False,
+        "history": [],
+    }
+    if resume and has_checkpoint(ckpt_dir):
+        state = load_checkpoint(ckpt_dir, model, optimizer, rng)
+        _write_log(log_path, state["history"])  # drop lines of epochs after the checkpoint
+        say(f"resuming after epoch {state['epoch']} (best {config.val_metric} at epoch {state['best_epoch']})")
+    else:
+        if resume:
+            say(f"no checkpoint in {ckpt_dir}; starting from scratch")
+        _write_log(log_path, [])
+
+    epoch = state["epoch"]
+    while epoch < config.epochs and not state["stopped_early"]:
+        epoch += 1
+        t0 = time.perf_counter()
+        model.train()
+        it, n_batches = batches(model, dataset, config.batch_size, width, rng)
+        total_loss, count = 0.0, 0
+        bar = tqdm(it, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            batch = batch.to(device)
+            loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                raise FloatingPointError(f"epoch {epoch}: training loss is {value}")
+            total_loss += value
+            count += 1
+            if count % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / count:.4f}")
+        bar.close()
+        entry: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(count, 1)}
+
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            val = validate()
+            entry["val"] = val
+            current = val[config.val_metric]
+            if state["best_value"] is None or current > state["best_value"]:
+                state.update(best_value=current, best_epoch=epoch, best_val=val)
+                save_weights(model, weights_path)
+                entry["best"] = True
+            state["bad_epochs"] = epoch - state["best_epoch"]
+            if state["bad_epochs"] >= config.patience:
+                state["stopped_early"] = True
+        entry["seconds"] = time.perf_counter() - t0
+        entry.update(model.on_epoch_end(epoch))
+        state["epoch"] = epoch
+        state["history"].append(entry)
+        _append_log(log_path, entry)
+        say(_summary(entry, config.val_metric) + (" | early stop" if state["stopped_early"] else ""))
+        save_checkpoint(ckpt_dir, model, optimizer, state, rng)
+
+    if weights_path.is_file() and state["best_value"] is not None:
+        load_weights(model, weights_path)
+    else:  # never validated (epochs == 0): the current weights are the result
+        save_weights(model, weights_path)
+    return TrainResult(
+        best_epoch=state["best_epoch"],
+        best_val=state["best_val"],
+        history=state["history"],
+        stopped_early=state["stopped_early"],
+    )

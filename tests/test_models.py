@@ -1,0 +1,236 @@
+"""Model contract tests: shapes, empty histories, losses against hand computations, padding."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dreamrec.data.batching import Batch
+from dreamrec.data.dataset import PreparedDataset, SampleRows, Sequences
+from dreamrec.models import build_model
+from dreamrec.models.sasrec import sample_negatives
+from dreamrec.nn.encoders import GRUEncoder, TransformerEncoder, attention_mask
+
+N_ITEMS = 12
+MAX_LEN = 6
+SMALL = {
+    "sasrec": {"hidden": 8, "n_layers": 2, "n_heads": 2, "dropout": 0.0},
+    "gru4rec": {"embedding": 8, "hidden": 10, "n_layers": 2, "dropout": 0.0},
+}
+
+
+def histories() -> torch.Tensor:
+    return torch.tensor(
+        [
+            [0, 0, 0, 0, 0, 0],  # empty history
+            [0, 0, 0, 0, 0, 7],
+            [0, 0, 3, 4, 5, 6],
+            [1, 2, 3, 4, 5, 12],
+        ]
+    )
+
+
+def tiny_dataset() -> PreparedDataset:
+    train = Sequences.from_lists([[1, 2, 3, 2], [2, 5], [5, 5, 5, 2]])
+    rows = SampleRows(np.array([[0, 1], [2, 3]]), np.array([2, 4]))
+    return PreparedDataset(
+        item_ids=pd.Series(np.arange(100, 106)), train=train, val=rows, test=rows, max_len=2, protocol="loo"
+    )
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "popularity"])
+def test_shapes_and_empty_history(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, MAX_LEN, SMALL.get(name))
+    if name == "popularity":
+        model.counts.copy_(torch.arange(N_ITEMS + 1, dtype=torch.float32))
+    model.eval()
+    h = histories()
+    with torch.no_grad():
+        s = model.score(h)
+        q = model.query(h)
+        table = model.item_embeddings()
+    assert s.shape == (4, N_ITEMS)  # one column per real item, none for padding
+    assert torch.isfinite(s).all()
+    assert q.shape == (4, table.shape[1])
+    assert table.shape[0] == N_ITEMS + 1
+    assert torch.allclose(s, q @ table[1:].T, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_empty_history_gradients_finite(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, MAX_LEN, {**SMALL[name], "dropout": 0.1})
+    h = histories()
+    labels = torch.zeros_like(h)
+    labels[1:, -1] = torch.tensor([3, 7, 1])
+    labels[2, 2:5] = torch.tensor([4, 5, 6])
+    loss = model.loss(Batch(h, labels[:, -1], labels))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for p in model.parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+
+
+def test_attention_mask_always_allows_diagonal() -> None:
+    m = attention_mask(torch.tensor([[0, 0, 3], [0, 0, 0]]))[:, 0]
+    assert m.shape == (2, 3, 3)
+    assert m.diagonal(dim1=1, dim2=2).all()
+    # a real query never sees padding or the future
+    assert m[0, 2].tolist() == [False, False, True]
+    assert not m[0, 0, 1] and not m[0, 0, 2]
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_right_alignment_and_padding_row_invariance(name: str) -> None:
+    """Extra left padding and the content of the padding row change nothing."""
+    torch.manual_seed(1)
+    model = build_model(name, N_ITEMS, 9, SMALL[name]).eval()
+    short = torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 0, 5], [0, 0, 0, 0, 0]])
+    wide = torch.cat([torch.zeros(3, 4, dtype=torch.long), short], 1)
+    with torch.no_grad():
+        a = model.score(short)
+        b = model.score(wide)
+        model.item_embedding.weight[0].fill_(3.0)  # padding row must never matter
+        c = model.score(wide)
+    # a and b differ only in the amount of padding
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(b, c, atol=1e-5)
+    assert torch.all(a[2] == 0)  # empty history -> zero query -> all-tie scores
+
+
+def _hand_ce(hidden: torch.Tensor, table: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over labelled positions of -log softmax over real items, with explicit loops."""
+    total, n = 0.0, 0
+    B, L = labels.shape
+    for b in range(B):
+        for t in range(L):
+            y = int(labels[b, t])
+            if y == 0:
+                continue
+            logits = [float(hidden[b, t] @ table[i]) for i in range(1, table.shape[0])]
+            mx = max(logits)
+            lse = mx + math.log(sum(math.exp(v - mx) for v in logits))
+            total += lse - logits[y - 1]
+            n += 1
+    return total / n
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_ce_loss_matches_hand_computation(name: str) -> None:
+    torch.manual_seed(3)
+    model = build_model(name, 5, 4, SMALL[name])
+    with torch.no_grad():  # fixed, non-trivial weights
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    model.train()  # dropout is 0, so train mode is deterministic
+    h = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 4], [0, 0, 0, 0]])
+    labels = torch.tensor([[0, 2, 3, 4], [0, 0, 0, 5], [0, 0, 0, 0]])
+    loss = model.loss(Batch(h, labels[:, -1], labels))
+    with torch.no_grad():
+        hidden = model.encoder(h)
+        expected = _hand_ce(hidden, model.item_embeddings(), labels)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # padding has no probability mass: changing its embedding leaves the loss unchanged
+    with torch.no_grad():
+        model.item_embedding.weight[0].fill_(10.0)
+    assert model.loss(Batch(h, labels[:, -1], labels)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_bce_loss_uses_sampled_negatives() -> None:
+    torch.manual_seed(0)
+    model = build_model("sasrec", 7, 4, {**SMALL["sasrec"], "loss": "bce", "n_negatives": 3})
+    h = torch.tensor([[0, 1, 2, 3], [0, 0, 4, 5]])
+    labels = torch.tensor([[0, 2, 3, 4], [0, 0, 5, 6]])
+    batch = Batch(h, labels[:, -1], labels)
+    torch.manual_seed(11)
+    loss = model.loss(batch)
+    # replay the same negatives: the forward pass has no randomness (dropout 0)
+    torch.manual_seed(11)
+    pos = labels[labels > 0]
+    neg = sample_negatives(pos, 7, 3)
+    with torch.no_grad():
+        hid = model.encoder(h)[labels > 0]
+        table = model.item_embeddings()
+        expected = 0.0
+        for i in range(len(pos)):
+            sp = float(hid[i] @ table[pos[i]])
+            term = -math.log(1 / (1 + math.exp(-sp)))
+            term += sum(-math.log(1 - 1 / (1 + math.exp(-float(hid[i] @ table[j])))) for j in neg[i]) / 3
+            expected += term
+        expected /= len(pos)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # different negatives -> a different loss
+    torch.manual_seed(12)
+    assert model.loss(batch).item() != pytest.approx(expected, rel=1e-6)
+
+
+def test_negative_sampling_is_uniform_over_other_items() -> None:
+    g = torch.Generator().manual_seed(0)
+    pos = torch.full((20000,), 3)
+    neg = sample_negatives(pos, 5, 1, generator=g)
+    assert neg.min() >= 1 and neg.max() <= 5 and not (neg == 3).any()
+    freq = torch.bincount(neg.flatten(), minlength=6)[1:].float() / neg.numel()
+    assert torch.allclose(freq[[0, 1, 3, 4]], torch.full((4,), 0.25), atol=0.02)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_deterministic_under_seed(name: str) -> None:
+    params = {**SMALL[name], "dropout": 0.3}
+    h = histories()
+    labels = torch.zeros_like(h)
+    labels[1:, -1] = torch.tensor([3, 7, 1])
+    out = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        model = build_model(name, N_ITEMS, MAX_LEN, params)
+        out.append((model.loss(Batch(h, labels[:, -1], labels)), model.eval().score(h)))
+    assert torch.equal(out[0][0], out[1][0])
+    assert torch.equal(out[0][1], out[1][1])
+
+
+def test_popularity_scores_are_train_counts() -> None:
+    ds = tiny_dataset()
+    model = build_model("popularity", ds.n_items, 2)
+    model.fit_statistics(ds)
+    s = model.score(torch.tensor([[0, 0], [1, 2]]))
+    expected = torch.tensor([1, 4, 1, 0, 4, 0], dtype=torch.float32)
+    assert s.shape == (2, 6)
+    assert torch.equal(s[0], expected) and torch.equal(s[1], expected)
+
+
+def test_encoders_zero_padding_outputs() -> None:
+    torch.manual_seed(0)
+    h = torch.tensor([[0, 0, 4, 2], [0, 0, 0, 0]])
+    t = TransformerEncoder(6, 4, hidden=8, n_layers=1, n_heads=2, dropout=0.0).eval()
+    g = GRUEncoder(6, embedding=8, hidden=8).eval()
+    for enc in (t, g):
+        out = enc(h)
+        assert out.shape == (2, 4, 8)
+        assert torch.all(out[h == 0] == 0)
+        assert torch.isfinite(out).all()
+        assert torch.allclose(enc.last_hidden(h), out[:, -1], atol=1e-6)
+
+
+def test_chunked_softmax_cross_entropy_matches_reference() -> None:
+    from dreamrec.models.sasrec import softmax_cross_entropy
+
+    torch.manual_seed(0)
+    n_items = 2000
+    h = torch.randn(700, 16, requires_grad=True)  # 700 * 2000 > 2**20: the chunked path
+    table = torch.randn(n_items + 1, 16, requires_grad=True)
+    labels = torch.randint(1, n_items + 1, (700,))
+    loss = softmax_cross_entropy(h, table, labels)
+    loss.backward()
+    h2 = h.detach().clone().requires_grad_()
+    t2 = table.detach().clone().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(h2 @ t2[1:].T, labels - 1)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(h.grad, h2.grad, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(table.grad, t2.grad, atol=1e-6, rtol=1e-4)
+    assert torch.all(table.grad[0] == 0)  # padding gets no gradient from the softmax

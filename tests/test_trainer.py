@@ -1,0 +1,146 @@
+"""Trainer tests on a planted dataset: learning, pickle-free artifacts, exact resume, early stop."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamrec.config import TrainConfig
+from dreamrec.data.dataset import PreparedDataset, Sequences, SampleRows, pad_left
+from dreamrec.models import build_model
+from dreamrec.models.base import SequentialRecommender
+from dreamrec.train.checkpoint import load_checkpoint, load_weights
+from dreamrec.train.trainer import TrainResult, train
+
+N_ITEMS = 30
+MAX_LEN = 10
+
+
+def planted(n_users: int = 60, seq_len: int = 17) -> PreparedDataset:
+    """Deterministic cycles: item i is always followed by item i % 30 + 1; leave-one-out split."""
+    seqs = [[(u + t) % N_ITEMS + 1 for t in range(seq_len)] for u in range(n_users)]
+    train_seqs = [s[:-2] for s in seqs]
+    val = SampleRows(pad_left([s[:-2] for s in seqs], MAX_LEN), np.array([s[-2] for s in seqs]))
+    test = SampleRows(pad_left([s[:-1] for s in seqs], MAX_LEN), np.array([s[-1] for s in seqs]))
+    return PreparedDataset(
+        item_ids=pd.Series(np.arange(N_ITEMS) + 1000),
+        train=Sequences.from_lists(train_seqs),
+        val=val,
+        test=test,
+        max_len=MAX_LEN,
+        protocol="loo",
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset() -> PreparedDataset:
+    return planted()
+
+
+SASREC = {"hidden": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.1}
+GRU = {"embedding": 32, "hidden": 32, "dropout": 0.1}
+
+
+def fit(name: str, params: dict, ds: PreparedDataset, out: Path, **train_kw) -> tuple[SequentialRecommender, TrainResult]:
+    resume = train_kw.pop("resume", False)
+    cfg = TrainConfig(**{"batch_size": 32, "lr": 0.01, "val_metric": "HR@5", "seed": 7, **train_kw})
+    torch.manual_seed(123)
+    model = build_model(name, ds.n_items, cfg.max_len or ds.max_len, params)
+    logs: list[str] = []
+    result = train(model, ds, cfg, out, resume=resume, progress=False, log=logs.append)
+    assert len(logs) >= 1
+    return model, result
+
+
+@pytest.mark.parametrize("name,params", [("sasrec", SASREC), ("gru4rec", GRU)])
+def test_learns_planted_cycles(name: str, params: dict, dataset: PreparedDataset, tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    model, result = fit(name, params, dataset, tmp_path, epochs=25, patience=3)
+    assert result.best_val["HR@5"] > 0.9, result.history
+    assert time.perf_counter() - t0 < 20
+    # the returned model holds the best weights
+    from dreamrec.eval.evaluate import evaluate
+
+    again = evaluate(model, dataset.val, max_len=MAX_LEN, ks=(5, 10, 20, 50))
+    assert again["HR@5"] == pytest.approx(result.best_val["HR@5"])
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == len(result.history)
+    first = json.loads(lines[0])
+    assert {"epoch", "loss", "seconds", "val"} <= set(first)
+
+
+def test_popularity_is_far_lower(dataset: PreparedDataset, tmp_path: Path) -> None:
+    model, result = fit("popularity", {}, dataset, tmp_path, epochs=5)
+    assert result.best_epoch == 0 and len(result.history) == 1
+    assert result.best_val["HR@5"] < 0.3
+    fresh = build_model("popularity", N_ITEMS, MAX_LEN)
+    load_weights(fresh, tmp_path / "model.safetensors")
+    assert torch.equal(fresh.counts, model.counts)
+    assert fresh.counts.sum() == len(dataset.train.items)
+
+
+def _is_safetensors(path: Path) -> bool:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return isinstance(header, dict)
+
+
+def test_run_dir_has_no_pickle(dataset: PreparedDataset, tmp_path: Path) -> None:
+    fit("sasrec", {**SASREC, "loss": "bce"}, dataset, tmp_path, epochs=2)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.relative_to(tmp_path).as_posix() for p in files}
+    assert "model.safetensors" in names and "checkpoint/state.json" in names
+    assert sum(p.name == "optimizer.safetensors" for p in files) == 1  # old checkpoints removed
+    for p in files:
+        head = p.read_bytes()[:2]
+        assert head != b"PK" and not head.startswith(b"\x80"), p  # zip (torch.save) or pickle
+        if p.suffix == ".safetensors":
+            assert _is_safetensors(p)
+            load_file(str(p))
+        elif p.suffix == ".jsonl":
+            for line in p.read_text().splitlines():
+                json.loads(line)
+        else:
+            assert p.suffix == ".json", p
+            json.loads(p.read_text())
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["state"]["epoch"] == 2
+    assert state["numpy_rng"]["bit_generator"] == "PCG64"
+
+
+@pytest.mark.parametrize("name,params", [("sasrec", {**SASREC, "loss": "bce"}), ("gru4rec", GRU)])
+def test_resume_equals_uninterrupted(name: str, params: dict, dataset: PreparedDataset, tmp_path: Path) -> None:
+    kw = {"epochs": 6, "patience": 50, "lr": 0.003}
+    full_model, full = fit(name, params, dataset, tmp_path / "full", **kw)
+    fit(name, params, dataset, tmp_path / "part", **{**kw, "epochs": 3})
+    # a process that died after epoch 3: a fresh model object (different init) resumes
+    torch.manual_seed(999)
+    resumed_model, resumed = fit(name, params, dataset, tmp_path / "part", **kw, resume=True)
+    assert resumed.best_val == full.best_val
+    assert resumed.best_epoch == full.best_epoch
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    a, b = full_model.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "part" / "log.jsonl").read_text().splitlines()) == 6
+
+
+def test_early_stopping(dataset: PreparedDataset, tmp_path: Path) -> None:
+    # a learning rate too small to change any float32 weight: validation never improves
+    model, result = fit("gru4rec", GRU, dataset, tmp_path, epochs=30, patience=2, lr=1e-12)
+    assert result.stopped_early
+    assert result.best_epoch == 1
+    assert len(result.history) == 3
+    # resuming a stopped run trains no further
+    _, again = fit("gru4rec", GRU, dataset, tmp_path, epochs=30, patience=2, lr=1e-12, resume=True)
+    assert again.stopped_early and len(again.history) == 3
+    fresh = build_model("gru4rec", N_ITEMS, MAX_LEN, GRU)
+    state = load_checkpoint(tmp_path / "checkpoint", fresh, restore_torch_rng=False)
+    assert state["epoch"] == 3 and state["bad_epochs"] == 2
