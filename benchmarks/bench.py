@@ -1,6 +1,12 @@
-"""Shared runner for the benchmark scripts: a config over several seeds -> one result JSON."""
+"""Shared runner for the benchmark scripts: a config over several seeds -> one result JSON.
+
+Each finished seed is also kept in ``results/seeds/`` with its resolved config; a later run
+with the same config reuses it instead of training again, so long tables can be filled in
+over several sittings.
+"""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import shutil
 import time
@@ -9,7 +15,7 @@ from typing import Any
 
 from dreamrec.config import apply_overrides, build_run_config, load_yaml
 from dreamrec.data.dataset import PreparedDataset
-from dreamrec.eval.report import load_records, make_record, render_markdown, write_record
+from dreamrec.eval.report import command_line, load_records, machine, make_record, render_markdown, write_record
 from dreamrec.train.run import resolve, train_run
 
 ROOT = Path(__file__).resolve().parent
@@ -36,19 +42,29 @@ def run_variant(
     resolved: dict[str, Any] = {}
     for seed in seeds:
         cfg = build_run_config(apply_overrides(raw, [f"train.seed={seed}"]), str(config_path))
-        out = runs_dir / dataset_name / variant / f"seed{seed}"
-        if out.exists():
-            shutil.rmtree(out)
-        t = time.time()
-        m = train_run(cfg, data_dir, out, progress=progress, log=print, dataset=ds)
-        secs.append(time.time() - t)
-        test.append(m["test"])
-        val.append(m["val"])
         resolved = resolve(cfg, ds)[0].model_dump(mode="json")
-        resolved["train"].pop("seed")
-        print(json.dumps({"variant": variant, "seed": seed, "best_epoch": m["best_epoch"],
-                          "val_HR@20": m["val"].get("HR@20"), "test_HR@20": m["test"]["HR@20"],
-                          "test_NDCG@20": m["test"]["NDCG@20"], "seconds": round(secs[-1], 1)}), flush=True)
+        seed_file = results_dir / "seeds" / f"{dataset_name}__{variant}__seed{seed}.json"
+        done = json.loads(seed_file.read_text()) if seed_file.exists() else None
+        if done is None or done["config"] != resolved:
+            out = runs_dir / dataset_name / variant / f"seed{seed}"
+            if out.exists():
+                shutil.rmtree(out)
+            t = time.time()
+            m = train_run(cfg, data_dir, out, progress=progress, log=print, dataset=ds)
+            done = {"config": resolved, "seconds": time.time() - t, "best_epoch": m["best_epoch"],
+                    "val": m["val"], "test": m["test"], "machine": machine(), "command": command_line(),
+                    "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            seed_file.parent.mkdir(parents=True, exist_ok=True)
+            seed_file.write_text(json.dumps(done, indent=2))
+        else:
+            print(f"reusing {seed_file.name}")
+        secs.append(done["seconds"])
+        test.append(done["test"])
+        val.append(done["val"])
+        print(json.dumps({"variant": variant, "seed": seed, "best_epoch": done["best_epoch"],
+                          "val_HR@20": done["val"].get("HR@20"), "test_HR@20": done["test"]["HR@20"],
+                          "test_NDCG@20": done["test"]["NDCG@20"], "seconds": round(done["seconds"], 1)}), flush=True)
+    resolved["train"].pop("seed")
     rec = make_record(
         dataset=dataset_name, protocol=ds.protocol, model=raw.get("model", "?"), variant=variant,
         config=resolved, seeds=seeds, test=test, val=val, seconds=secs,

@@ -234,3 +234,30 @@ def test_chunked_softmax_cross_entropy_matches_reference() -> None:
     assert torch.allclose(h.grad, h2.grad, atol=1e-6, rtol=1e-4)
     assert torch.allclose(table.grad, t2.grad, atol=1e-6, rtol=1e-4)
     assert torch.all(table.grad[0] == 0)  # padding gets no gradient from the softmax
+
+
+def test_empty_history_query_is_learned_not_zero():
+    """An empty history must not rank items by id: the learned empty-history query picks up popularity."""
+    import numpy as np
+
+    from dreamrec.data.batching import Batch
+    from dreamrec.models import build_model
+
+    torch.manual_seed(0)
+    n_items = 20
+    model = build_model("sasrec", n_items, 5, {"hidden": 16, "n_layers": 1, "dropout": 0.0})
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    # empty-history rows whose next item is item 7 most of the time, else item 3
+    target = torch.from_numpy(np.where(np.arange(64) % 4 == 0, 3, 7))
+    history = torch.zeros(64, 5, dtype=torch.long)
+    for _ in range(50):
+        labels = torch.zeros_like(history)
+        labels[:, -1] = target
+        loss = model.loss(Batch(history, target, labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    scores = model.score(torch.zeros(1, 5, dtype=torch.long))[0]
+    assert torch.isfinite(scores).all()
+    assert scores.argsort(descending=True)[:2].tolist() == [6, 2]  # items 7 then 3 (column = id - 1)
