@@ -30,3 +30,82 @@ def test_reload_gives_identical_scores(tmp_path, small_synthetic):
     seen = rec.recommend(first_user_history, k=ds.n_items, exclude_seen=True)
     assert not set(seen.items) & set(first_user_history)
     assert len(rec.recommend([], k=5).items) == 5
+
+
+def _trained(tmp_path, ds, model="sasrec", params=None):
+    cfg = RunConfig(model=model, params=params if params is not None else {"hidden": 16, "n_layers": 1},
+                    train=TrainConfig(epochs=1, seed=1))
+    train_run(cfg, ds.save(tmp_path / "data"), tmp_path / "run", progress=False, log=None, dataset=ds)
+    return tmp_path / "run"
+
+
+def test_artifact_loads_without_unpickling_and_leaves_no_temp_files(tmp_path, small_synthetic, monkeypatch):
+    import pickle
+
+    import pandas as pd
+
+    run = _trained(tmp_path, small_synthetic.dataset)
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "run.json", "items.parquet", "model.safetensors", "metrics.json", "log.jsonl"} <= names
+    leftovers = [p for p in run.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert leftovers == []
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loading a run must not unpickle anything")
+
+    for target, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pd, "read_pickle")):
+        monkeypatch.setattr(target, name, forbidden)
+    a, b = Recommender.load(run), Recommender.load(run)
+    ds = small_synthetic.dataset
+    histories = [ds.to_original(h[h > 0]) for h in ds.test.history[:20]]
+    ra, rb = a.recommend_batch(histories, k=15), b.recommend_batch(histories, k=15)
+    assert [r.items for r in ra] == [r.items for r in rb]
+    assert [r.scores for r in ra] == [r.scores for r in rb]  # bit-identical floats
+
+
+def test_batch_single_strict_intent_and_k(tmp_path, small_synthetic):
+    import pytest
+
+    from dreamrec.serve import IntentNotSupportedError, UnknownItemsError
+
+    ds = small_synthetic.dataset
+    rec = Recommender.load(_trained(tmp_path, ds))
+    histories = [ds.to_original(h[h > 0]) for h in ds.test.history[:5]] + [[]]
+    batch = rec.recommend_batch(histories, k=8)
+    for h, r in zip(histories, batch):
+        one = rec.recommend(h, k=8)
+        assert one.items == r.items and np.allclose(one.scores, r.scores, atol=1e-6)
+    assert rec.recommend([str(x) for x in histories[0]], k=8).items == batch[0].items  # "42" matches 42
+    assert len(rec.recommend([], k=10**6).items) == rec.n_items
+    long = rec.recommend(histories[0] * 50, k=3)
+    assert long.truncated and long.items == rec.recommend((histories[0] * 50)[-rec.max_len:], k=3).items
+    with pytest.raises(ValueError, match="k must be"):
+        rec.recommend([], k=0)
+    with pytest.raises(UnknownItemsError) as e:
+        rec.recommend(["x", histories[0][0]], strict=True)
+    assert e.value.unknown == ["x"]
+    with pytest.raises(IntentNotSupportedError, match="sasrec"):
+        rec.recommend([], intent="something for the beach")
+    assert rec.recommend([], intent="").items == rec.recommend([]).items
+    assert rec.recommend_batch([]) == []
+
+
+def test_concurrent_calls_match_serial(tmp_path, small_synthetic):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = small_synthetic.dataset
+    rec = Recommender.load(_trained(tmp_path, ds))
+    histories = [ds.to_original(h[h > 0]) for h in ds.test.history[:40]]
+    serial = [rec.recommend(h, k=10) for h in histories]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda h: rec.recommend(h, k=10, exclude_seen=False), histories * 3))
+    assert [r.items for r in parallel] == [r.items for r in serial] * 3
+    assert [r.scores for r in parallel] == [r.scores for r in serial] * 3
+
+
+def test_item_metadata(tmp_path, small_synthetic):
+    ds = small_synthetic.dataset
+    rec = Recommender.load(_trained(tmp_path, ds, "popularity", {}))
+    first = rec._ids[0]
+    assert rec.item(first)["item_id"] == first and rec.item(str(first))["item_id"] == first
+    assert rec.item("no-such-item") is None

@@ -1,4 +1,4 @@
-"""The ``dreamrec`` command line: prepare, train, evaluate, recommend, demo."""
+"""The ``dreamrec`` command line: prepare, train, evaluate, recommend, serve, demo."""
 from __future__ import annotations
 
 import json
@@ -217,6 +217,40 @@ def _read_jsonl(path: Path) -> list[list[Any]]:
             raise InvalidValueError('each line must be an object {"history": [ids...]}', path, i)
         out.append(obj["history"])
     return out
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory from `dreamrec train`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 to listen on every interface)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model)."),
+    index: str = typer.Option("exact", help="Retrieval for query-based models: 'exact' or 'faiss'."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per worker (default torch's choice)."),
+    max_body_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs."""
+    import os
+
+    try:
+        import uvicorn
+    except ImportError:
+        _fail(DreamrecError("serving needs the 'serve' extra: pip install 'dreamrec[serve]'"))
+    from dreamrec.train.run import load_run
+
+    try:
+        load_run(run_dir)  # fail fast with a clear message, before any worker starts
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+    os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
+    os.environ["DREAMREC_INDEX"] = index
+    os.environ["DREAMREC_MAX_BODY_BYTES"] = str(max_body_bytes)
+    if threads:
+        os.environ["DREAMREC_THREADS"] = str(threads)
+    uvicorn.run(
+        "dreamrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
+    )
 
 
 @app.command()

@@ -5,12 +5,13 @@ from typing import Any
 
 from dreamrec.errors import ConfigError
 from dreamrec.models.base import SequentialRecommender
+from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.gru4rec import GRU4Rec
 from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, DreamRec)
 }
 
 

@@ -1,0 +1,239 @@
+"""Load benchmark of ``dreamrec serve``: throughput and p50/p95/p99 latency of POST /recommend.
+
+For each run directory it starts ``dreamrec serve RUN --workers 1`` on a free loopback port, sends
+``--warmup`` then ``--requests`` requests (k=20, default sampler, random histories of catalog ids)
+from an httpx client with each ``--concurrency`` level, stops the server and writes
+``benchmarks/results/serve/<model>.json``; then regenerates ``benchmarks/SERVING.md``. Bounded: it
+stops by itself after ``len(runs) * len(concurrency) * requests`` requests.
+
+    python benchmarks/serve_load.py                       # trains popularity + sasrec on synthetic data
+    python benchmarks/serve_load.py runs/dreamrec runs/sasrec --requests 2000
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SRC = ROOT / "src"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, OS, Python and torch versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_synthetic_runs(out: Path, seed: int = 0) -> list[Path]:
+    """Train popularity and a small SASRec on synthetic data (2,000 users, 500 items) into ``out``."""
+    sys.path.insert(0, str(SRC))
+    from dreamrec.config import RunConfig, TrainConfig
+    from dreamrec.data.synthetic import SyntheticConfig, generate
+    from dreamrec.train.run import train_run
+
+    ds = generate(SyntheticConfig(seed=seed)).dataset
+    data_dir = ds.save(out / "data")
+    runs = []
+    for name, params in (("popularity", {}), ("sasrec", {"hidden": 64, "n_layers": 2})):
+        cfg = RunConfig(model=name, params=params, train=TrainConfig(epochs=3, seed=seed, threads=1))
+        train_run(cfg, data_dir, out / name, progress=False, log=None, dataset=ds)
+        runs.append(out / name)
+    return runs
+
+
+def _start_server(run_dir: Path, port: int, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "dreamrec.cli", "serve", str(run_dir), "--port", str(port), "--workers", "1",
+           "--threads", str(threads), "--log-level", "warning"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 120) -> dict[str, Any]:
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return httpx.get(f"{base}/health", timeout=2).json()
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            if time.time() > deadline:
+                raise RuntimeError("server did not become healthy")
+            time.sleep(0.2)
+
+
+def drive(base: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """Send ``bodies`` to POST /recommend from ``concurrency`` threads; latency stats in ms."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    cursor = iter(range(len(bodies)))
+
+    def worker() -> None:
+        nonlocal errors
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while True:
+                with lock:
+                    i = next(cursor, None)
+                if i is None:
+                    return
+                t = time.perf_counter()
+                r = client.post("/recommend", json=bodies[i])
+                ms = (time.perf_counter() - t) * 1e3
+                with lock:
+                    latencies.append(ms)
+                    errors += r.status_code != 200
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = np.asarray(latencies)
+    return {"concurrency": concurrency, "requests": len(bodies), "errors": errors, "seconds": wall,
+            "throughput_rps": len(bodies) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
+            "mean_ms": float(lat.mean())}
+
+
+def bench_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    ids = [v.item() if hasattr(v, "item") else v for v in pd.read_parquet(run_dir / "items.parquet")["item_id"]]
+    rng = np.random.default_rng(args.seed)
+
+    def body() -> dict[str, Any]:
+        n = int(rng.integers(1, args.max_history + 1))
+        return {"history": [ids[j] for j in rng.integers(0, len(ids), n)], "k": args.k}
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start_server(run_dir, port, args.threads)
+    try:
+        health = _wait_healthy(base, proc)
+        drive(base, [body() for _ in range(args.warmup)], 1)
+        rows = [drive(base, [body() for _ in range(args.requests)], c) for c in args.concurrency]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"model": health["model"], "n_items": health["n_items"], "max_len": health["max_len"],
+            "run_dir": str(run_dir), "rows": rows}
+
+
+def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
+    """Render every JSON of results/serve and results/faiss as markdown tables."""
+    out = ["# Serving benchmarks", "",
+           "Generated by `benchmarks/serve_load.py` and `benchmarks/faiss_catalog.py` from the JSON files in",
+           "`benchmarks/results/serve/` and `benchmarks/results/faiss/`; do not edit by hand.",
+           "Latencies are client-side on loopback (client and server share the machine). The load average",
+           "at start is shown: above the core count, other jobs were running and the numbers are pessimistic.",
+           ""]
+    serve = [json.loads(p.read_text()) for p in sorted((RESULTS / "serve").glob("*.json"))]
+    if serve:
+        out += ["## HTTP load (POST /recommend, k=20, one worker, default sampler)", "",
+                "| model | items | concurrency | requests | errors | req/s | p50 ms | p95 ms | p99 ms | date | machine |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in serve:
+            m = r["machine"]
+            for row in r["rows"]:
+                out.append(f"| {r['model']} | {r['n_items']} | {row['concurrency']} | {row['requests']} | {row['errors']} "
+                           f"| {row['throughput_rps']:.0f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
+                           f"| {row['p99_ms']:.1f} | {r['date'][:10]} | {m['cpu']}, {m['cores']} cores, "
+                           f"load {m['loadavg_at_start'][0]:.1f} |")
+        out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in serve})), ""]
+    faiss_results = [json.loads(p.read_text()) for p in sorted((RESULTS / "faiss").glob("*.json"))]
+    for r in faiss_results:
+        c, e, f, m = r["catalog"], r["exact"], r["faiss"], r["machine"]
+        out += [f"## Retrieval on {c['n']:,} items x {c['d']} (clustered), k={c['k']}", "",
+                f"{m['cpu']}, {m['threads']} thread(s), load average {m['loadavg_at_start'][0]:.1f} at start, "
+                f"{r['date'][:10]}. Command: `{r['command']}`.", "",
+                "| index | recall@k | ms/query (batch 1, mean) | p99 batch 1 | ms/query (batch) | speedup (batch 1) "
+                "| memory MB | build s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+                f"| exact (matmul + top-k) | 1.000 | {e['ms_per_query_batch1']['mean']:.2f} "
+                f"| {e['ms_per_query_batch1']['p99']:.2f} | {e['ms_per_query_batched']:.3f} | 1.0 "
+                f"| {e['bytes'] / 2**20:.0f} | 0 |"]
+        recall_key = f"recall@{c['k']}"
+        for row in f["sweep"]:
+            out.append(f"| {f['spec']} nprobe={row['nprobe']} | {row[recall_key]:.3f} "
+                       f"| {row['ms_per_query_batch1']['mean']:.2f} | {row['ms_per_query_batch1']['p99']:.2f} "
+                       f"| {row['ms_per_query_batched']:.3f} | {row['speedup_batch1']:.1f} "
+                       f"| {f['bytes'] / 2**20:.0f} | {f['build_seconds']:.0f} |")
+        ch = r["chosen"]
+        verdict = (f"target (recall >= {r['target']['recall']}, >= 5x faster): "
+                   + ("met" if r["target"]["met"] else "NOT met")
+                   + (f" with nprobe={ch['nprobe']}" if ch else ""))
+        out += ["", verdict + ". IVF-Flat keeps every vector (memory as exact plus ids and centroids); "
+                "a compressed spec (e.g. `IVF4096,SQ8`, `IVF4096,PQ16`) trades recall for memory.", ""]
+    path.write_text("\n".join(out) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="*", type=Path, help="run directories (default: train popularity + sasrec)")
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--max-history", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=RESULTS / "serve")
+    args = p.parse_args()
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or train_synthetic_runs(Path(tmp), args.seed)
+        for run in runs:
+            result = bench_run(run, args)
+            result.update(
+                benchmark="serve_load",
+                date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                command="python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+                machine={**machine_info(), "loadavg_at_start": load, "server_threads": args.threads},
+                client="httpx, same machine",
+            )
+            if not args.runs:
+                result["run_dir"] = "synthetic (trained by the script)"
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            (args.out_dir / f"{result['model']}.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps({k: result[k] for k in ("model", "rows")}, indent=1))
+    write_serving_md()
+
+
+if __name__ == "__main__":
+    main()

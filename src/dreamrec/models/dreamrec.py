@@ -1,0 +1,148 @@
+"""DreamRec (Yang et al., NeurIPS 2023): sequential recommendation by guided diffusion.
+
+Instead of classifying candidates, DreamRec generates the embedding of an "oracle" next item
+and recommends the items closest to it (inner product over the whole catalog):
+
+* guidance ``c_{n-1} = T-enc(e_{1:n-1})`` (Sec. 4.2.1, Eq. 10): item + learned position
+  embeddings, dropout, ONE causal self-attention block, the state at the last (most recent)
+  position. We reuse the project's :class:`~dreamrec.nn.encoders.TransformerEncoder` with
+  ``n_layers = 1``, sharing the item table; as in the authors' code the feed-forward width is
+  ``d`` and its activation ReLU by default, and the item and position tables start at
+  ``N(0, item_init_std^2)`` (the encoder's own layers keep their ``N(0, 0.02^2)`` init).
+* training (Algorithm 1): ``x_0 = e_n`` (the target's row of the item table, learned jointly and
+  receiving gradients through the loss), ``c`` replaced by a learned dummy token ``∅`` with
+  probability ``p_uncond``, ``t ~ Uniform{1..T}``, ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``
+  and the x0-loss ``|| x_0 - f(x_t, c, t) ||^2`` (Eq. 14) with NO negative sampling.
+* generation (Algorithm 2): ``x_T ~ N(0, I)``, then the reverse process with the guided
+  prediction ``(1 + w) f(x_t, c, t) - w f(x_t, ∅, t)`` (Eq. 15) from one batched call on ``2B``
+  rows per step; the generated ``x_0`` is the query, and ``score = x_0 E[1:]^T``.
+
+The sampler is pluggable (``ddpm`` = Algorithm 2 with all ``T`` steps, ``ddim`` with
+``sampler_steps`` and ``ddim_eta``, ``onestep``); noise comes from torch's global generator, which
+the evaluator seeds, so evaluation is deterministic.
+
+A known failure mode of the joint MSE x0-loss is that the item table shrinks and collapses (a
+table whose rows all meet at one point is a perfect, useless target: the loss falls to ~1e-3, as
+with the authors' code): :meth:`DreamRec.on_epoch_end` logs the mean item-embedding norm.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from dreamrec.data.batching import Batch
+from dreamrec.diffusion import ClassifierFreeGuidance, DiffusionScheduler, drop_condition, sample
+from dreamrec.diffusion.scheduler import Sampler
+from dreamrec.diffusion.schedules import BetaSchedule
+from dreamrec.models.base import ModelConfig, SequentialRecommender
+from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
+from dreamrec.nn.encoders import TransformerEncoder
+
+
+class DreamRecConfig(ModelConfig):
+    # guidance encoder (T-enc): one Transformer block, as the paper
+    hidden: int = Field(64, ge=1, description="embedding size d of items, guidance and denoiser")
+    n_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    inner_size: int | None = Field(None, ge=1, description="feed-forward width; default hidden (authors' code)")
+    activation: Literal["gelu", "relu"] = "relu"
+    item_init_std: float = Field(1.0, gt=0, description="item and position tables start at N(0, std^2)")
+    # diffusion
+    timesteps: int = Field(500, ge=1, description="T, the number of diffusion steps")
+    beta_schedule: BetaSchedule = "exp"
+    beta_min: float = Field(0.1, gt=0, description="exp schedule")
+    beta_max: float = Field(10.0, gt=0, description="exp schedule")
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="linear schedule")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="linear schedule")
+    denoiser: DenoiserType = "mlp1"
+    # classifier-free guidance
+    p_uncond: float = Field(0.1, ge=0, le=1, description="probability of training with the dummy token")
+    guidance_w: float = Field(2.0, ge=0, description="guidance strength w of Eq. 15")
+    # sampling
+    sampler: Sampler = "ddpm"
+    sampler_steps: int | None = Field(None, ge=1, description="S for ddim/ddpm; default T (all steps)")
+    ddim_eta: float = Field(0.0, ge=0)
+
+
+class DreamRec(SequentialRecommender):
+    name: ClassVar[str] = "dreamrec"
+    Config: ClassVar[type[ModelConfig]] = DreamRecConfig
+    batch_mode: ClassVar[Literal["pairs", "seq2seq", "none"]] = "pairs"
+    config: DreamRecConfig
+
+    def __init__(self, n_items: int, max_len: int, config: ModelConfig | None = None):
+        config = config or DreamRecConfig()
+        assert isinstance(config, DreamRecConfig)
+        super().__init__(n_items, max_len, config)
+        d = config.hidden
+        self.encoder = TransformerEncoder(
+            n_items,
+            max_len,
+            hidden=d,
+            n_layers=1,
+            n_heads=config.n_heads,
+            dropout=config.dropout,
+            inner_size=config.inner_size or d,
+            activation=config.activation,
+        )
+        with torch.no_grad():  # the authors' N(0, 1) item (and position) tables; row 0 = padding
+            nn.init.normal_(self.encoder.item_embedding.weight, std=config.item_init_std)
+            nn.init.normal_(self.encoder.position_embedding.weight, std=config.item_init_std)
+            self.encoder.item_embedding.weight[0].zero_()
+        self.null_condition = nn.Parameter(torch.randn(d))  # the dummy token ∅, N(0, 1) as the authors
+        self.denoiser = MLPDenoiser(d, config.denoiser)
+        self.scheduler = DiffusionScheduler(
+            num_train_timesteps=config.timesteps,
+            beta_schedule=config.beta_schedule,
+            prediction_type="x0",
+            beta_start=config.beta_start,
+            beta_end=config.beta_end,
+            beta_min=config.beta_min,
+            beta_max=config.beta_max,
+        )
+        self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        """The item table: the diffusion targets ``x_0``, the encoder's inputs and the retrieval keys."""
+        return self.encoder.item_embedding
+
+    def guidance(self, history: torch.Tensor) -> torch.Tensor:
+        """``c_{n-1} = T-enc(e_{1:n-1})`` [B, d] (Eq. 10; a learned vector for an empty history)."""
+        if history.shape[1] > self.max_len:
+            history = history[:, -self.max_len :]
+        return self.encoder.last_hidden(history)
+
+    # -- training (Algorithm 1) ---------------------------------------------------------------
+    def loss(self, batch: Batch) -> torch.Tensor:
+        x0 = self.item_embedding(batch.target)  # e_n^0, gradients flow into the table
+        c = drop_condition(self.guidance(batch.history), self.null_condition, self.config.p_uncond)
+        t = self.scheduler.sample_timesteps(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        x0_hat = self.denoiser(x_t, t, c)
+        return F.mse_loss(x0_hat, x0)  # Eq. 14 (the x0-parameterised simple loss)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        """Mean L2 norm of the real items' embeddings (watch it for a collapsing table)."""
+        with torch.no_grad():
+            norms = self.item_embedding.weight[1:].norm(dim=1)
+            return {"item_norm": float(norms.mean()), "item_norm_std": float(norms.std()) if len(norms) > 1 else 0.0}
+
+    # -- generation (Algorithm 2) ------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, history: torch.Tensor) -> torch.Tensor:
+        """The oracle items ``e_n^0`` [B, d] generated for each history (reverse process, guided)."""
+        c = self.guidance(history)
+        model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
+        return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype)
+
+    def query(self, history: torch.Tensor) -> torch.Tensor:
+        return self.generate(history)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_embedding.weight

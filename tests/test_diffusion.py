@@ -1,0 +1,224 @@
+"""The diffusion toolkit: schedules and coefficients by hand, q_sample, posterior, samplers, guidance."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dreamrec.diffusion import (
+    ClassifierFreeGuidance,
+    DiffusionScheduler,
+    drop_condition,
+    guided_prediction,
+    inference_timesteps,
+    make_beta_schedule,
+    sample,
+)
+from dreamrec.nn.denoisers import MLPDenoiser, SinusoidalTimeEmbedding
+
+
+def hand_scheduler() -> DiffusionScheduler:
+    # linear schedule, T = 3: betas 0.1, 0.2, 0.3
+    return DiffusionScheduler(num_train_timesteps=3, beta_schedule="linear", beta_start=0.1, beta_end=0.3)
+
+
+def test_coefficients_match_hand_computation() -> None:
+    s = hand_scheduler()
+    f = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    torch.testing.assert_close(s.betas, f([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(s.alphas_cumprod, f([0.9, 0.72, 0.504]))
+    torch.testing.assert_close(s.alphas_cumprod_prev, f([1.0, 0.9, 0.72]))
+    torch.testing.assert_close(s.sqrt_one_minus_alphas_cumprod, f([math.sqrt(0.1), math.sqrt(0.28), math.sqrt(0.496)]))
+    # variance = beta_t (1 - abar_{t-1}) / (1 - abar_t)
+    torch.testing.assert_close(s.posterior_variance, f([0.0, 0.2 * 0.1 / 0.28, 0.3 * 0.28 / 0.496]))
+    # coef1 = beta_t sqrt(abar_{t-1}) / (1 - abar_t); coef2 = (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t)
+    torch.testing.assert_close(s.posterior_mean_coef1, f([1.0, 0.2 * math.sqrt(0.9) / 0.28, 0.3 * math.sqrt(0.72) / 0.496]))
+    torch.testing.assert_close(s.posterior_mean_coef2, f([0.0, 0.1 * math.sqrt(0.8) / 0.28, 0.28 * math.sqrt(0.7) / 0.496]))
+
+
+def test_exp_schedule_is_the_discretised_vp_sde() -> None:
+    betas = make_beta_schedule("exp", 2, beta_min=0.1, beta_max=10.0)
+    expected = [1 - math.exp(-0.05 - 9.9 * 1 / 8), 1 - math.exp(-0.05 - 9.9 * 3 / 8)]
+    torch.testing.assert_close(betas, torch.tensor(expected, dtype=torch.float64))
+    for T in (4, 50, 500):
+        abar_T = torch.cumprod(1 - make_beta_schedule("exp", T), 0)[-1]
+        assert float(abar_T) == pytest.approx(math.exp(-(0.1 + 10.0) / 2), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sqrt", "exp"])
+def test_every_schedule_is_valid(name: str) -> None:
+    betas = make_beta_schedule(name, 200)
+    assert betas.shape == (200,) and bool(((betas > 0) & (betas < 1)).all())
+    abar = torch.cumprod(1 - betas, 0)
+    assert bool((abar[1:] < abar[:-1]).all())  # strictly more noise at every step
+    if name != "linear":  # the others reach (nearly) pure noise
+        assert float(abar[-1]) < 0.01
+    with pytest.raises(ValueError):
+        make_beta_schedule("nope", 10)  # type: ignore[arg-type]
+
+
+def test_q_sample_statistics() -> None:
+    torch.manual_seed(0)
+    s = DiffusionScheduler(num_train_timesteps=10, beta_schedule="exp")
+    x0 = torch.tensor([2.0, -1.0, 0.5])
+    n = 200_000
+    t = torch.full((n,), 4)
+    x_t = s.add_noise(x0.expand(n, 3), torch.randn(n, 3), t)
+    abar = float(s.alphas_cumprod[4])
+    torch.testing.assert_close(x_t.mean(0), math.sqrt(abar) * x0, atol=0.01, rtol=0)
+    torch.testing.assert_close(x_t.var(0), torch.full((3,), 1 - abar), atol=0.01, rtol=0)
+    # scalar t and the epsilon <-> x0 conversions are inverse to each other
+    eps = torch.randn(5, 3)
+    xt = s.q_sample(x0.expand(5, 3), eps, 7)
+    torch.testing.assert_close(s.predict_eps_from_x0(xt, 7, x0.expand(5, 3)), eps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s.predict_x0_from_eps(xt, 7, eps), x0.expand(5, 3), atol=1e-5, rtol=1e-5)
+
+
+def test_posterior_is_bayes_rule() -> None:
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0): multiply the two Gaussians by hand."""
+    s = hand_scheduler()
+    x0, x_t, t = torch.tensor([[1.5]]), torch.tensor([[-0.4]]), 2
+    beta, alpha, abar_prev = 0.3, 0.7, 0.72
+    precision = 1 / (1 - abar_prev) + alpha / beta
+    mean = (math.sqrt(abar_prev) * 1.5 / (1 - abar_prev) + math.sqrt(alpha) * -0.4 / beta) / precision
+    got_mean, got_var = s.q_posterior(x0, x_t, torch.tensor([t]))
+    assert float(got_mean) == pytest.approx(mean, rel=1e-5)
+    assert float(got_var) == pytest.approx(1 / precision, rel=1e-5)
+
+
+def test_inference_grid() -> None:
+    assert inference_timesteps(10, 10).tolist() == list(range(9, -1, -1))
+    assert inference_timesteps(10, 3).tolist() == [9, 6, 3]
+    assert inference_timesteps(10, 1).tolist() == [9]
+    with pytest.raises(ValueError):
+        inference_timesteps(10, 11)
+
+
+SAMPLERS = [
+    ("ddpm", None, 0.0),
+    ("ddpm", 7, 0.0),
+    ("ddim", 10, 0.0),
+    ("ddim", 50, 0.0),
+    ("ddim", 13, 0.7),
+    ("onestep", None, 0.0),
+]
+
+
+@pytest.mark.parametrize("sampler,steps,eta", SAMPLERS)
+@pytest.mark.parametrize("schedule", ["exp", "linear", "cosine"])
+def test_perfect_x0_predictor_returns_x0(sampler: str, steps: int | None, eta: float, schedule: str) -> None:
+    torch.manual_seed(1)
+    s = DiffusionScheduler(num_train_timesteps=50, beta_schedule=schedule)
+    s.set_timesteps(steps, sampler=sampler, eta=eta)  # type: ignore[arg-type]
+    x0 = torch.randn(4, 8)
+    calls: list[torch.Tensor] = []
+
+    def perfect(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(t)
+        return x0.clone()
+
+    out = sample(perfect, s, (4, 8))
+    torch.testing.assert_close(out, x0, atol=1e-6, rtol=1e-6)
+    assert len(calls) == len(s.timesteps) == {"onestep": 1}.get(sampler, steps or 50)
+    assert int(calls[0]) == 49  # every sampler starts from pure noise at step T
+
+
+def test_ddpm_step_is_algorithm_2() -> None:
+    s = hand_scheduler()
+    s.set_timesteps()
+    x_t, x0_hat, z = torch.tensor([[0.3]]), torch.tensor([[1.0]]), torch.tensor([[0.5]])
+    for t in (2, 1):
+        expected = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x_t + s.posterior_variance[t].sqrt() * z
+        torch.testing.assert_close(s.step(x0_hat, t, x_t, noise=z), expected)
+    # the last step adds no noise (z = 0 when t = 1 in the paper's numbering)
+    torch.testing.assert_close(s.step(x0_hat, 0, x_t, noise=z), x0_hat)
+
+
+def test_ddim_step_by_hand() -> None:
+    s = hand_scheduler()
+    s.set_timesteps(3, sampler="ddim", eta=0.0)
+    x_t, x0_hat = torch.tensor([[0.3]]), torch.tensor([[1.0]])
+    eps = (0.3 - math.sqrt(0.504) * 1.0) / math.sqrt(0.496)
+    expected = math.sqrt(0.72) * 1.0 + math.sqrt(1 - 0.72) * eps
+    assert float(s.step(x0_hat, 2, x_t)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_epsilon_prediction_type() -> None:
+    s = DiffusionScheduler(num_train_timesteps=20, beta_schedule="cosine", prediction_type="epsilon")
+    s.set_timesteps(5, sampler="ddim")
+    x0 = torch.randn(3, 4)
+
+    def perfect_eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return s.predict_eps_from_x0(x_t, int(t[0]), x0)
+
+    torch.testing.assert_close(sample(perfect_eps, s, (3, 4)), x0, atol=1e-4, rtol=1e-4)
+
+
+# -- guidance ---------------------------------------------------------------------------------
+
+
+class CountingDenoiser(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_sizes: list[int] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(x_t.shape[0])
+        return 0.5 * x_t + c * (1 + t.float()[:, None])
+
+
+def test_guidance_w0_is_the_conditional_model() -> None:
+    f = CountingDenoiser()
+    x, t, c, null = torch.randn(5, 3), torch.randint(0, 9, (5,)), torch.randn(5, 3), torch.randn(3)
+    torch.testing.assert_close(guided_prediction(f, x, t, c, null, 0.0), f(x, t, c), rtol=0, atol=0)
+    torch.testing.assert_close(ClassifierFreeGuidance(f, c, null, 0.0)(x, t), f(x, t, c), rtol=0, atol=0)
+
+
+def test_guidance_is_one_batched_call() -> None:
+    f = CountingDenoiser()
+    x, t, c, null = torch.randn(5, 3), torch.randint(0, 9, (5,)), torch.randn(5, 3), torch.randn(3)
+    w = 2.0
+    expected = (1 + w) * f(x, t, c) - w * f(x, t, null.expand(5, 3))
+    f.batch_sizes.clear()
+    torch.testing.assert_close(guided_prediction(f, x, t, c, null, w), expected)
+    assert f.batch_sizes == [10]
+    f.batch_sizes.clear()
+    torch.testing.assert_close(ClassifierFreeGuidance(f, c, null, w)(x, t), expected)
+    assert f.batch_sizes == [10]
+    # in a sampling loop: exactly one call of 2B rows per step
+    s = DiffusionScheduler(num_train_timesteps=12, beta_schedule="exp")
+    s.set_timesteps(4, sampler="ddim")
+    f.batch_sizes.clear()
+    sample(ClassifierFreeGuidance(f, c, null, w), s, (5, 3))
+    assert f.batch_sizes == [10] * 4
+
+
+def test_drop_condition_rate() -> None:
+    torch.manual_seed(0)
+    c, null = torch.ones(20_000, 4), torch.zeros(4)
+    dropped = (drop_condition(c, null, 0.1) == 0).all(1).float().mean()
+    assert float(dropped) == pytest.approx(0.1, abs=0.01)
+    assert torch.equal(drop_condition(c, null, 0.0), c)
+
+
+# -- denoisers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mlp1", "mlp2"])
+def test_mlp_denoiser_equals_linear_over_concat(kind: str) -> None:
+    torch.manual_seed(0)
+    f = MLPDenoiser(6, kind)  # type: ignore[arg-type]
+    x, c, t = torch.randn(4, 6), torch.randn(4, 6), torch.tensor([3, 3, 3, 3])
+    tau = f.time_embedding(t)
+    h = f.fc_in(torch.cat([x, c, tau], dim=1))
+    ref = h if kind == "mlp1" else f.fc_out(torch.nn.functional.gelu(h))
+    torch.testing.assert_close(f(x, t, c), ref)
+    torch.testing.assert_close(f(x, t[:1], c), ref)  # a shared [1] step broadcasts
+    assert f(x, t, c).shape == (4, 6)
+
+
+def test_sinusoidal_time_embedding_any_size() -> None:
+    for dim in (1, 2, 7, 64):
+        e = SinusoidalTimeEmbedding(dim)(torch.arange(5))
+        assert e.shape == (5, dim) and torch.isfinite(e).all()

@@ -1,0 +1,169 @@
+"""The HTTP app, in-process (TestClient), plus one real `dreamrec serve` on a free loopback port."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from dreamrec.config import RunConfig, TrainConfig
+from dreamrec.serve import Recommender
+from dreamrec.serve.app import MAX_BATCH, create_app
+from dreamrec.train.run import train_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_synthetic):
+    tmp = tmp_path_factory.mktemp("serve")
+    ds = small_synthetic.dataset
+    data_dir = ds.save(tmp / "data")
+    out = {}
+    for name, params in (("sasrec", {"hidden": 16, "n_layers": 1}), ("popularity", {})):
+        cfg = RunConfig(model=name, params=params, train=TrainConfig(epochs=1, seed=1))
+        train_run(cfg, data_dir, tmp / name, progress=False, log=None, dataset=ds)
+        out[name] = tmp / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    app = create_app(Recommender.load(runs["sasrec"]), max_body_bytes=20_000)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def catalog(runs):
+    return Recommender.load(runs["sasrec"])._ids.tolist()
+
+
+def test_recommend_original_ids_and_scores(client, catalog):
+    r = client.post("/recommend", json={"history": catalog[:3], "k": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 7 and set(body["items"]) <= set(catalog)
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    assert body["unknown"] == [] and body["truncated"] is False
+    # string ids match integer catalog ids, and the answer is the same
+    r2 = client.post("/recommend", json={"history": [str(x) for x in catalog[:3]], "k": 7})
+    assert r2.json()["items"] == body["items"]
+
+
+def test_unknown_ids_reported_or_rejected(client, catalog):
+    r = client.post("/recommend", json={"history": [catalog[0], "nope", 10**30], "k": 5})
+    assert r.status_code == 200 and r.json()["unknown"] == ["nope", 10**30]
+    r = client.post("/recommend", json={"history": [catalog[0], "nope"], "strict": True})
+    assert r.status_code == 422 and r.json()["unknown"] == ["nope"]
+
+
+def test_edge_cases_never_5xx(client, catalog):
+    assert len(client.post("/recommend", json={"history": []}).json()["items"]) == 20  # no-context answer
+    assert len(client.post("/recommend", json={"history": [], "k": 1000}).json()["items"]) == len(catalog)
+    long = client.post("/recommend", json={"history": catalog * 3, "k": 5}).json()
+    assert long["truncated"] is True and len(long["items"]) == 5
+    seen = client.post("/recommend", json={"history": catalog[:10], "k": 1000, "exclude_seen": True}).json()
+    assert not set(seen["items"]) & set(catalog[:10]) and len(seen["items"]) == len(catalog) - 10
+    for bad in ({"history": [], "k": 0}, {"history": [], "k": -3}, {"history": [], "k": 10**6},
+                {"history": "abc"}, {"history": [1.5]}, {"history": [[1]]}, {"history": [True]},
+                {"history": [], "k": "x"}, {"history": [], "bogus": 1}, {"history": [], "intent": "cheap shoes"}):
+        r = client.post("/recommend", json=bad)
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+    r = client.post("/recommend", content=b'{"history": [1, 2', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/recommend", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/recommend", content=json.dumps({"history": list(range(10_000))}))
+    assert r.status_code == 413
+    lone_surrogate = b'{"history": ["\\ud800"]}'  # valid JSON, not encodable as UTF-8: echoed escaped
+    r = client.post("/recommend", content=lone_surrogate, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["unknown"] == ["\ud800"]
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/recommend").status_code == 405
+
+
+def test_intent_rejected_by_model_without_intent(runs):
+    rec = Recommender.load(runs["sasrec"])
+    assert rec.recommend([], k=3, intent="   ").items  # blank intent = no intent
+    with pytest.raises(ValueError, match="does not take an intent"):
+        rec.recommend([], k=3, intent="something warm")
+
+
+def test_batch(client, catalog):
+    r = client.post("/recommend/batch", json={"histories": [catalog[:2], [], ["zzz"]], "k": 4})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [len(x["items"]) for x in res] == [4, 4, 4] and res[2]["unknown"] == ["zzz"]
+    single = client.post("/recommend", json={"history": catalog[:2], "k": 4}).json()
+    assert res[0]["items"] == single["items"]
+    assert client.post("/recommend/batch", json={"histories": [[]] * (MAX_BATCH + 1)}).status_code == 422
+    assert client.post("/recommend/batch", json={"histories": [[], []], "intents": [None]}).status_code == 422
+
+
+def test_items_health_metrics_docs(client, catalog):
+    r = client.get(f"/items/{catalog[3]}")
+    assert r.status_code == 200 and r.json()["item_id"] == catalog[3]
+    assert client.get("/items/definitely-not-an-item").status_code == 404
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["model"] == "sasrec" and h["n_items"] == len(catalog)
+    text = client.get("/metrics").text
+    assert 'dreamrec_requests_total{method="POST",route="/recommend",status="200"}' in text
+    assert 'dreamrec_request_duration_seconds_bucket{route="/recommend",le="+Inf"}' in text
+    assert 'dreamrec_request_errors_total{route="/recommend",kind="client"}' in text
+    assert "/items/{item_id}" in text  # route templates, not raw paths
+    assert "/recommend/batch" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_popularity_served(runs):
+    with TestClient(create_app(Recommender.load(runs["popularity"]))) as c:
+        a = c.post("/recommend", json={"history": [], "k": 5}).json()
+        b = c.post("/recommend", json={"history": a["items"][:2], "k": 5, "exclude_seen": True}).json()
+    assert b["items"] == a["items"][2:] + b["items"][3:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dreamrec_serve_subprocess(runs):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamrec.cli", "serve", str(runs["popularity"]), "--port", str(port),
+         "--threads", "1", "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert r.json()["model"] == "popularity"
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": [], "k": 3})
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_serve_help_and_bad_run_dir(tmp_path):
+    from typer.testing import CliRunner
+
+    from dreamrec.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert r.exit_code == 0 and "--workers" in r.output and "--port" in r.output
+    r = CliRunner().invoke(app, ["serve", str(tmp_path)])
+    assert r.exit_code == 2 and "not a finished run" in r.output
