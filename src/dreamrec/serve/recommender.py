@@ -74,8 +74,8 @@ class Recommender:
     Query-based models are ranked through a retrieval index built once from the item table
     (``index="exact"`` by default, ``"faiss"`` for very large catalogs; ``index_options`` go to
     :func:`dreamrec.retrieval.build_index`). Torch's generator is reseeded with ``seed`` (default:
-    the run's training seed) before each call, so sampled (diffusion) queries give the same
-    answer to the same request. Model calls are serialised by a lock, so one instance can be
+    the run's training seed) inside a forked RNG state before each call (the caller's state is
+    left as it was), so sampled (diffusion) queries give the same answer to the same request. Model calls are serialised by a lock, so one instance can be
     shared between threads.
     """
 
@@ -205,8 +205,8 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k], internal ids [B, k]); excluded items come back with score -inf."""
         extra = {} if intents is None else {"intent": intents}
-        with self._lock, torch.no_grad():
-            torch.manual_seed(self.seed)
+        with self._lock, torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # sampled queries repeat; the caller's RNG state is untouched
             if self.retrieval is None:
                 scores = self.model.score(h, **extra).float()
                 if exclude_seen:
