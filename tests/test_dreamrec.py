@@ -128,23 +128,29 @@ def test_zhihu_config_is_the_papers() -> None:
 # A catalog of 100 items in 10 topics with flat popularity inside a topic, so that the Bayes
 # ranking is "items of the likely next topics": an inner-product query can express it exactly.
 PLANTED = {"n_users": 2000, "n_items": 100, "n_topics": 10, "zipf": 0.0, "seed": 0}
-PLANTED_PARAMS = {"hidden": 64, "timesteps": 100, "denoiser": "mlp2", "sampler": "onestep", "guidance_w": 0.0}
+# the paper's x0-loss collapses the jointly learned item table (~0.81 of Bayes at best here, 0.10 on
+# the default data); a stop-gradient x0 target and training at t = T for the one-step sampler fix it
+PLANTED_PARAMS = {
+    "hidden": 64,
+    "timesteps": 100,
+    "denoiser": "mlp2",
+    "sampler": "onestep",
+    "guidance_w": 0.0,
+    "target_grad": False,
+    "train_timesteps": "last",
+}
 
 
 def test_planted_pattern_near_bayes(tmp_path: Path) -> None:
-    """DreamRec learns the planted topic structure in under a minute.
-
-    Measured: ~0.81 of the Bayes HR@20 (best epoch ~13) before the joint x0 loss collapses the
-    item table. The DreamRec task's target is 0.85; until a model change reaches it this test
-    guards what is reached (0.75) so that a regression fails.
-    """
+    """DreamRec reaches 0.85 of the Bayes-optimal HR@20 on the planted topic structure in under a
+    minute (measured: 0.95, ~26 s single-threaded on a loaded machine; see experiments/dreamrec/NOTES.md)."""
     from dreamrec.data.synthetic import SyntheticConfig, bayes_optimal, generate
     from dreamrec.train.trainer import seed_everything, train
 
     t0 = time.perf_counter()
     data = generate(SyntheticConfig(**PLANTED))
     ds = data.dataset
-    cfg = TrainConfig(epochs=12, batch_size=256, lr=3e-3, optimizer="adamw", patience=3, val_metric="HR@20", seed=0)
+    cfg = TrainConfig(epochs=15, batch_size=256, lr=5e-3, optimizer="adamw", patience=3, val_metric="HR@20", seed=0)
     seed_everything(0)
     model = build_model("dreamrec", ds.n_items, ds.max_len, PLANTED_PARAMS)
     train(model, ds, cfg, tmp_path, progress=False)
@@ -152,7 +158,53 @@ def test_planted_pattern_near_bayes(tmp_path: Path) -> None:
     bound = bayes_optimal(data, "test")
     elapsed = time.perf_counter() - t0
     assert elapsed < 60, elapsed
-    assert test["HR@20"] >= 0.75 * bound["HR@20"], (test["HR@20"], bound["HR@20"])
+    assert test["HR@20"] >= 0.85 * bound["HR@20"], (test["HR@20"], bound["HR@20"])
+
+
+# -- options beyond the paper ------------------------------------------------------------------
+
+
+def test_cosine_x0_loss_matches_formula() -> None:
+    from dreamrec.models.dreamrec import x0_loss
+
+    pred = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    target = torch.tensor([[0.0, 2.0], [6.0, 8.0]])
+    # row 1: orthogonal -> 1 - 0; row 2: parallel -> 1 - 1; mean = 0.5
+    torch.testing.assert_close(x0_loss(pred, target, "cosine"), torch.tensor(0.5))
+    pred2 = torch.tensor([[1.0, 1.0]])
+    target2 = torch.tensor([[1.0, 0.0]])
+    torch.testing.assert_close(x0_loss(pred2, target2, "cosine"), torch.tensor(1 - 2**-0.5))
+    torch.testing.assert_close(x0_loss(pred, target, "mse"), ((pred - target) ** 2).mean())
+    with pytest.raises(ValueError):
+        x0_loss(pred, target, "l1")
+    model = build_model("dreamrec", 30, 8, {**SMALL, "x0_loss": "cosine"})
+    loss = model.loss(Batch(histories(), torch.tensor([3, 4, 5, 6, 7, 8])))
+    assert 0 <= loss.item() <= 2
+
+
+def test_stop_gradient_target_gets_no_x0_gradient() -> None:
+    h = torch.zeros(4, 8, dtype=torch.long)
+    h[:, -2:] = torch.tensor([1, 2])  # histories use items 1, 2 only
+    target = torch.tensor([10, 11, 12, 13])
+    for target_grad in (True, False):
+        model = build_model("dreamrec", 30, 8, {**SMALL, "target_grad": target_grad})
+        model.loss(Batch(h, target)).backward()
+        g = model.item_embedding.weight.grad
+        assert g[1:3].abs().sum() > 0  # the table still learns as the encoder's input
+        assert (g[10:14].abs().sum() > 0) == target_grad  # ... and from the x0 target only when joint
+    frozen = build_model("dreamrec", 30, 8, {**SMALL, "freeze_items": True})
+    frozen.loss(Batch(h, target)).backward()
+    assert frozen.item_embedding.weight.grad is None
+
+
+def test_train_timesteps_last_uses_step_T() -> None:
+    model = build_model("dreamrec", 30, 8, {**SMALL, "train_timesteps": "last"})
+    steps: list[torch.Tensor] = []
+    model.denoiser.register_forward_hook(lambda mod, args, out: steps.append(args[1]))
+    model.loss(Batch(histories(), torch.tensor([3, 4, 5, 6, 7, 8])))
+    assert torch.equal(steps[0], torch.full((6,), 19))
+    stats = model.on_epoch_end(1)
+    assert -1 <= stats["item_cos"] <= 1
 
 
 # -- end to end through the CLI ------------------------------------------------------------------

@@ -13,8 +13,17 @@ from dreamrec.train.run import train_run
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "sasrec": {"hidden": 64, "n_layers": 1, "dropout": 0.2},
     "gru4rec": {"embedding": 64, "hidden": 64},
-    # T = 100 and the one-step sampler keep validation cheap; mlp2 learns faster than the paper's mlp1
-    "dreamrec": {"hidden": 64, "timesteps": 100, "denoiser": "mlp2", "sampler": "onestep", "guidance_w": 0.0},
+    # T = 100 and the one-step sampler keep validation cheap; mlp2 learns faster than the paper's mlp1;
+    # a stop-gradient x0 target and training at t = T (for the one-step sampler) stop the table collapsing
+    "dreamrec": {
+        "hidden": 64,
+        "timesteps": 100,
+        "denoiser": "mlp2",
+        "sampler": "onestep",
+        "guidance_w": 0.0,
+        "target_grad": False,
+        "train_timesteps": "last",
+    },
 }
 
 
