@@ -234,3 +234,41 @@ def test_cli_train_evaluate_recommend(tmp_path: Path, small_synthetic) -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert len(out["items"]) == 5 and set(out["items"]) <= set(known)
+
+
+@pytest.mark.parametrize("denoiser", ["mlp1", "mlp2"])
+@pytest.mark.parametrize("w", [0.0, 2.0])
+def test_precomputed_condition_gives_identical_scores(denoiser: str, w: float) -> None:
+    """generate() projects the condition once per call; the result is bit-identical to the
+    plain loop that calls the denoiser on the full condition at every step."""
+    from dreamrec.diffusion import ClassifierFreeGuidance, sample
+
+    model = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": denoiser, "guidance_w": w})
+    model.eval()
+    h = histories()
+    for sampler, steps in (("ddpm", None), ("ddim", 5), ("onestep", None)):
+        model.set_sampler(sampler, steps)
+        torch.manual_seed(1)
+        got = model.score(h)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            c = model.guidance(h)
+            fn = ClassifierFreeGuidance(model.denoiser, c, model.null_condition, w)
+            x0 = sample(fn, model.scheduler, tuple(c.shape))
+            expected = x0 @ model.item_embeddings()[1:].T
+        assert torch.equal(got, expected), (sampler, steps)
+
+
+def test_set_sampler_changes_grid_and_config() -> None:
+    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0})
+    assert len(model.scheduler.timesteps) == 20
+    model.set_sampler("ddim", 4, eta=0.5, guidance_w=6.0)
+    cfg = model.config
+    assert (cfg.sampler, cfg.sampler_steps, cfg.ddim_eta, cfg.guidance_w) == ("ddim", 4, 0.5, 6.0)
+    assert model.scheduler.sampler == "ddim" and len(model.scheduler.timesteps) == 4
+    model.set_sampler("onestep")
+    assert model.config.sampler_steps is None and model.scheduler.timesteps.tolist() == [19]
+    model.set_sampler(guidance_w=0.0)  # w alone keeps the sampler
+    assert model.config.sampler == "onestep" and model.config.guidance_w == 0.0
+    with pytest.raises(Exception):
+        model.set_sampler("ddim", 0)

@@ -40,6 +40,7 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar, Literal
 
 import torch
@@ -191,7 +192,34 @@ class DreamRec(SequentialRecommender):
         """The oracle items ``e_n^0`` [B, d] generated for each history (reverse process, guided)."""
         c = self.guidance(history)
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
+        # the condition's share of the first layer is the same at every step: compute it once
+        model_fn.denoiser = partial(self.denoiser, c_proj=self.denoiser.project_condition(model_fn.condition))
         return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype)
+
+    def set_sampler(
+        self,
+        sampler: Sampler | None = None,
+        steps: int | None = None,
+        *,
+        eta: float | None = None,
+        guidance_w: float | None = None,
+    ) -> None:
+        """Change how :meth:`generate` samples (no retraining): ``sampler`` (ddpm | ddim | onestep),
+        ``steps`` (S; None = all T steps), ``eta`` (DDIM) and the guidance strength ``w``.
+        Arguments left as None keep their value, except ``steps``, which is set whenever
+        ``sampler`` is given. ``self.config`` is updated (and validated) to match."""
+        update: dict[str, object] = {}
+        if sampler is not None:
+            update.update(sampler=sampler, sampler_steps=steps)
+        elif steps is not None:
+            update["sampler_steps"] = steps
+        if eta is not None:
+            update["ddim_eta"] = eta
+        if guidance_w is not None:
+            update["guidance_w"] = guidance_w
+        cfg = DreamRecConfig(**{**self.config.model_dump(), **update})
+        self.scheduler.set_timesteps(cfg.sampler_steps, sampler=cfg.sampler, eta=cfg.ddim_eta)
+        self.config = cfg
 
     def query(self, history: torch.Tensor) -> torch.Tensor:
         return self.generate(history)

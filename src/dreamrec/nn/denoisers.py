@@ -75,12 +75,23 @@ class MLPDenoiser(nn.Module):
         self.fc_in = nn.Linear(3 * hidden, width)  # over [x_t; c; tau(t)]
         self.fc_out = nn.Linear(2 * hidden, hidden) if kind == "mlp2" else None
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def project_condition(self, c: torch.Tensor) -> torch.Tensor:
+        """``W_c c``, the condition's part of the first layer: a sampler computes it once per call
+        and passes it to every step as ``c_proj`` (the condition does not change between steps)."""
+        d = self.hidden
+        return F.linear(c, self.fc_in.weight[:, d : 2 * d])
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, c_proj: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``c_proj`` = :meth:`project_condition` of ``c`` when precomputed (the output is identical)."""
         d = self.hidden
         W, b = self.fc_in.weight, self.fc_in.bias
         tau = self.time_embedding(t.reshape(-1))  # [B, d] or [1, d]
+        if c_proj is None:
+            c_proj = self.project_condition(c)
         # W [x_t; c; tau] + b == W_x x_t + W_c c + (W_t tau + b)
-        h = F.linear(x_t, W[:, :d]) + F.linear(c, W[:, d : 2 * d]) + F.linear(tau, W[:, 2 * d :], b)
+        h = F.linear(x_t, W[:, :d]) + c_proj + F.linear(tau, W[:, 2 * d :], b)
         if self.fc_out is None:
             return h
         return self.fc_out(F.gelu(h))

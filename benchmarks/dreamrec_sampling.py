@@ -1,0 +1,194 @@
+"""DreamRec accuracy against guidance strength and sampling cost, for one trained run.
+
+    python benchmarks/dreamrec_sampling.py --run RUN_DIR --data DATA_DIR [--w 0 2 4 6 8 10]
+        [--S 1 2 5 10 20 50 100] [--name zhihu] [--threads 1] [--out DIR] [--quick]
+
+Samplers are changed at inference on the loaded model (``DreamRec.set_sampler``), no retraining:
+DDPM with all T steps (the paper's Algorithm 2), DDIM (eta 0) with each S <= T, one-step. For each
+the test HR@20 / NDCG@20 and the seconds per 1,000 test sequences (CPU seconds of this process and
+wall seconds) at the run's w. The default sampler is the cheapest (fewest network calls) whose
+HR@20 is within ``--tolerance`` (2 %) relative of the best. Then every w is evaluated with DDPM
+and with that default sampler. Writes ``{name}.json``, ``{name}_w.png`` (metric vs w, the paper's
+Figure 4) and ``{name}_cost.png`` (metric vs sampler, seconds per 1,000 on the second axis) to
+``benchmarks/results/dreamrec_sampling/`` (``--quick``: trains a tiny synthetic run and writes
+to runs/quick/sampling). Evaluation noise is seeded (``--eval-seed``), so metrics are deterministic.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import RESULTS  # noqa: E402
+from dreamrec_table1 import QUICK_DIR, QUICK_SET, fmt_w, quick_data  # noqa: E402
+
+from dreamrec.data.dataset import PreparedDataset, SampleRows  # noqa: E402
+from dreamrec.eval.evaluate import evaluate  # noqa: E402
+from dreamrec.eval.report import command_line, machine  # noqa: E402
+from dreamrec.train.run import load_run  # noqa: E402
+
+OUT = RESULTS / "dreamrec_sampling"
+
+
+def timed_evaluate(
+    model: torch.nn.Module, rows: SampleRows, *, batch_size: int = 1024, device: str = "cpu", seed: int = 0,
+    repeat: int = 1,
+) -> dict[str, Any]:
+    """Test metrics plus seconds per 1,000 sequences (best of ``repeat``): ``cpu_s_per_1k`` = CPU
+    time of this process (all its threads), ``wall_s_per_1k`` = elapsed time; ``seq_per_s`` from wall."""
+    cpu, wall = [], []
+    for _ in range(repeat):
+        c0, w0 = time.process_time(), time.perf_counter()
+        metrics = evaluate(model, rows, batch_size=batch_size, device=device, seed=seed)
+        if torch.cuda.is_available() and str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    k = len(rows) / 1000
+    return {"HR@20": metrics["HR@20"], "NDCG@20": metrics["NDCG@20"], "metrics": metrics, "n": len(rows),
+            "cpu_s_per_1k": min(cpu) / k, "wall_s_per_1k": min(wall) / k, "seq_per_s": len(rows) / min(wall)}
+
+
+def sampler_grid(T: int, S: list[int]) -> list[tuple[str, int]]:
+    """(sampler, network calls), cheapest first: one-step, DDIM with each S <= T, DDPM with T."""
+    return [("onestep", 1), *[("ddim", s) for s in sorted(set(S)) if s <= T], ("ddpm", T)]
+
+
+def label(sampler: str, steps: int) -> str:
+    return {"onestep": "one-step", "ddim": f"DDIM-{steps}", "ddpm": f"DDPM-{steps}"}[sampler]
+
+
+def pick_default(points: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The cheapest point (fewest steps, then fewest seconds) within ``tolerance`` of the best HR@20."""
+    best = max(p["HR@20"] for p in points)
+    ok = [p for p in points if p["HR@20"] >= (1 - tolerance) * best]
+    return min(ok, key=lambda p: (p["steps"], p["cpu_s_per_1k"]))
+
+
+def plot(result: dict[str, Any], out: Path, name: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sec = "cpu_s_per_1k" if result["device"] == "cpu" else "wall_s_per_1k"
+    sec_label = "CPU" if sec == "cpu_s_per_1k" else "wall"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("HR@20", "NDCG@20")):
+        for curve, pts in result["w_curves"].items():
+            ax.plot([p["w"] for p in pts], [100 * p[metric] for p in pts], "o-", label=curve)
+        ax.set_xlabel("guidance strength w")
+        ax.set_ylabel(f"test {metric} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"DreamRec on {name}: accuracy vs guidance strength (T={result['T']})")
+    fig.tight_layout()
+    p_w = out / f"{name}_w.png"
+    fig.savefig(p_w, dpi=120)
+    plt.close(fig)
+
+    pts = result["samplers"]
+    x = range(len(pts))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(x, [100 * p["HR@20"] for p in pts], "o-", label="HR@20")
+    ax.plot(x, [100 * p["NDCG@20"] for p in pts], "s-", label="NDCG@20")
+    d = next(i for i, p in enumerate(pts) if p["label"] == result["default"]["label"])
+    ax.axvline(d, color="gray", ls=":", label=f"default: {result['default']['label']}")
+    ax.set_xticks(list(x), [p["label"] for p in pts], rotation=30)
+    ax.set_ylabel("test metric (%)")
+    ax.set_xlabel(f"sampler (w={fmt_w(result['w'])})")
+    ax2 = ax.twinx()
+    ax2.bar(x, [p[sec] for p in pts], alpha=0.2, color="C3", label=f"{sec_label} s / 1k seqs")
+    ax2.set_yscale("log")
+    ax2.set_ylabel(f"{sec_label} seconds per 1,000 test sequences (log)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center left", fontsize=8)
+    ax.set_title(f"DreamRec on {name}: accuracy and sampling cost ({result['threads']} thread(s))")
+    fig.tight_layout()
+    p_c = out / f"{name}_cost.png"
+    fig.savefig(p_c, dpi=120)
+    plt.close(fig)
+    return [p_w, p_c]
+
+
+def quick_run(work: Path) -> Path:
+    """A tiny trained synthetic run (T = 20) for --quick."""
+    from dreamrec.config import apply_overrides, build_run_config, load_yaml
+    from dreamrec.train.run import train_run
+
+    run_dir = work / "sampling" / "run"
+    if not (run_dir / "metrics.json").exists():
+        raw = apply_overrides(load_yaml(Path(__file__).resolve().parents[1] / "configs/dreamrec/zhihu.yaml"),
+                              [*QUICK_SET, "timesteps=20", "train.seed=0"])
+        train_run(build_run_config(raw), quick_data(work), run_dir, progress=False, log=None)
+    return run_dir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, help="a trained DreamRec run directory")
+    ap.add_argument("--data", type=Path, help="its prepared data directory")
+    ap.add_argument("--w", type=float, nargs="+", default=[0, 2, 4, 6, 8, 10])
+    ap.add_argument("--S", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100])
+    ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--name", default="zhihu", help="file name stem (the dataset)")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="relative HR@20 loss allowed for the default")
+    ap.add_argument("--eval-seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="time each evaluation this many times (best kept)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU seconds are per process)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--quick", action="store_true", help="tiny synthetic run, written to runs/quick/sampling")
+    args = ap.parse_args()
+    if args.quick:
+        args.run, args.data, args.name = quick_run(QUICK_DIR), quick_data(QUICK_DIR), "synthetic"
+        args.out = QUICK_DIR / "sampling" if args.out == OUT else args.out
+        args.S = [1, 2, 5, 10] if args.S == ap.get_default("S") else args.S
+    elif args.run is None or args.data is None:
+        ap.error("--run and --data are required (or --quick)")
+    torch.set_num_threads(args.threads)
+    run = load_run(args.run, args.device)
+    model, rows = run.model, PreparedDataset.load(args.data).split(args.split)
+    cfg = model.config
+    T, w_run, bs = cfg.timesteps, cfg.guidance_w, run.config.train.eval_batch_size
+
+    def measure(sampler: str, steps: int, w: float) -> dict[str, Any]:
+        model.set_sampler(sampler, None if sampler == "onestep" else steps, eta=0.0, guidance_w=w)
+        r = timed_evaluate(model, rows, batch_size=bs, device=args.device, seed=args.eval_seed, repeat=args.repeat)
+        r.update(sampler=sampler, steps=steps, w=w, label=label(sampler, steps))
+        print(f"{r['label']:>9s} w={fmt_w(w):<4s} HR@20 {100 * r['HR@20']:.2f}  NDCG@20 {100 * r['NDCG@20']:.2f}  "
+              f"CPU {r['cpu_s_per_1k']:.3f} s/1k  wall {r['wall_s_per_1k']:.3f} s/1k", flush=True)
+        return r
+
+    points = [measure(s, n, w_run) for s, n in sampler_grid(T, args.S)]
+    default = pick_default(points, args.tolerance)
+    print(f"default sampler: {default['label']} (best HR@20 {100 * max(p['HR@20'] for p in points):.2f}, "
+          f"tolerance {100 * args.tolerance:g} %)")
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for s, n in [("ddpm", T), (default["sampler"], default["steps"])]:  # the paper's sampler and the default
+        if label(s, n) not in curves:
+            curves[label(s, n)] = [measure(s, n, w) for w in args.w]
+    result = {
+        "name": args.name, "run": str(args.run), "data": str(args.data), "split": args.split, "T": T, "w": w_run,
+        "config": cfg.model_dump(mode="json"), "tolerance": args.tolerance, "eval_seed": args.eval_seed,
+        "samplers": points, "default": {k: default[k] for k in ("sampler", "steps", "label", "HR@20", "NDCG@20")},
+        "w_curves": curves, "device": args.device, "threads": torch.get_num_threads(),
+        "command": command_line(), "machine": machine(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print("wrote", path, *plot(result, args.out, args.name))
+
+
+if __name__ == "__main__":
+    main()
