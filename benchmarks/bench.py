@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
 
+def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config without the settings that do not change results (thread count)."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k != "threads"}}
+
+
 def run_variant(
     *,
     dataset_name: str,
@@ -45,7 +50,7 @@ def run_variant(
         resolved = resolve(cfg, ds)[0].model_dump(mode="json")
         seed_file = results_dir / "seeds" / f"{dataset_name}__{variant}__seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.exists() else None
-        if done is None or done["config"] != resolved:
+        if done is None or _cache_key(done["config"]) != _cache_key(resolved):
             out = runs_dir / dataset_name / variant / f"seed{seed}"
             if out.exists():
                 shutil.rmtree(out)

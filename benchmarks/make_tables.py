@@ -15,6 +15,21 @@ std and per-seed values as fractions, command, machine, date). Numbers below are
 mean ± sample std over the seeds; full ranking over all items, test split, model selected on
 validation. Each JSON names the command that produced it.
 
+Reference numbers from elsewhere (not measured by these scripts), for comparison:
+
+| dataset | model | HR@20 (%) | NDCG@20 (%) | source |
+|---|---|---|---|---|
+| zhihu | SASRec (BCE) | 1.62-1.85 | 0.60-0.77 | published (DreamRec paper and follow-ups) |
+| zhihu | CL4SRec | 2.03 | 0.74 | DreamRec paper, Table 1 |
+| zhihu | DreamRec | 2.26 ± 0.07 | 0.79 ± 0.01 | DreamRec paper, Table 1 |
+| zhihu | TA-Rec (one-step diffusion) | 2.43 | 0.91 | NeurIPS 2025, strongest published diffusion number on this split |
+| zhihu | RecBole 1.2.1 SASRec (CE, defaults, 1 seed) | 2.78 | 0.94 | measured on this machine type, reported in the project's task |
+| zhihu | RecBole 1.2.1 GRU4Rec (CE, 1 seed) | 2.28 | 0.87 | as above |
+| beauty | SASRec | 8.98 | — | DiffuRec paper |
+| beauty | DiffuRec / DiffuRecSys | 11.11 / 14.00 | — | DiffuRec, DiffuRecSys papers |
+| ml-1m | SASRec | 28.32 | — | DiffuRec paper |
+| ml-1m | DiffuRec / DiffuRecSys | 36.79 / 39.58 | — | DiffuRec, DiffuRecSys papers |
+
 """
 
 if __name__ == "__main__":
