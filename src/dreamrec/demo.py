@@ -13,6 +13,19 @@ from dreamrec.train.run import train_run
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "sasrec": {"hidden": 64, "n_layers": 1, "dropout": 0.2},
     "gru4rec": {"embedding": 64, "hidden": 64},
+    "caser": {"hidden": 32, "window": 5, "n_h": 8, "n_v": 4},
+    "cl4srec": {"hidden": 32, "n_layers": 1, "dropout": 0.2},
+    # one small block, T = 4 and two DDIM steps; a N(0, 0.1^2) item table learns far faster than N(0, 1)
+    "diffurec": {
+        "hidden": 32,
+        "n_blocks": 1,
+        "n_heads": 1,
+        "timesteps": 4,
+        "sampler": "ddim",
+        "sampler_steps": 2,
+        "item_init_std": 0.1,
+        "emb_dropout": 0.1,
+    },
     # T = 100 and the one-step sampler keep validation cheap; mlp2 learns faster than the paper's mlp1;
     # a stop-gradient x0 target and training at t = T (for the one-step sampler) stop the table collapsing
     "dreamrec": {

@@ -5,13 +5,16 @@ from typing import Any
 
 from dreamrec.errors import ConfigError
 from dreamrec.models.base import SequentialRecommender
+from dreamrec.models.caser import Caser
+from dreamrec.models.cl4srec import CL4SRec
+from dreamrec.models.diffurec import DiffuRec
 from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.gru4rec import GRU4Rec
 from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, DreamRec)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec)
 }
 
 
