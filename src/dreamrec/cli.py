@@ -173,8 +173,14 @@ def recommend(
     output: Optional[Path] = typer.Option(None, "--output", help="JSONL output for --input (default stdout)."),
     k: int = typer.Option(20, "--k", help="Number of items to return."),
     exclude_seen: bool = typer.Option(False, help="Do not recommend items in the history."),
+    intent: Optional[str] = typer.Option(
+        None, "--intent", help='Intention text steering the recommendation (intent-aware models such as idreamrec); '
+        'with --input it is the default for lines without an "intent" field.'
+    ),
 ) -> None:
-    """Top-k items (original ids) with scores for one history or a JSONL batch."""
+    """Top-k items (original ids) with scores for one history or a JSONL batch.
+
+    JSONL lines are {"history": [...]} or {"history": [...], "intent": "..."}."""
     from dreamrec.serve import Recommender
 
     if (history is None) == (input is None):
@@ -182,14 +188,18 @@ def recommend(
     try:
         rec = Recommender.load(run_dir)
         if history is not None:
-            r = rec.recommend(_parse_history(history), k=k, exclude_seen=exclude_seen)
+            r = rec.recommend(_parse_history(history), k=k, intent=intent, exclude_seen=exclude_seen)
             typer.echo(json.dumps(r.to_dict()))
             return
         assert input is not None
-        rows = _read_jsonl(input)
+        rows, row_intents = _read_jsonl_requests(input)
+        intents = [t if t is not None else intent for t in row_intents]
+        any_intent = any(t is not None for t in intents)
         results = []
         for s in range(0, len(rows), 512):
-            results += rec.recommend_batch(rows[s : s + 512], k=k, exclude_seen=exclude_seen)
+            results += rec.recommend_batch(
+                rows[s : s + 512], k=k, intents=intents[s : s + 512] if any_intent else None, exclude_seen=exclude_seen
+            )
         lines = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
         if output:
             output.write_text(lines)
@@ -201,11 +211,17 @@ def recommend(
 
 
 def _read_jsonl(path: Path) -> list[list[Any]]:
+    return _read_jsonl_requests(path)[0]
+
+
+def _read_jsonl_requests(path: Path) -> tuple[list[list[Any]], list[str | None]]:
+    """(histories, intents) from a JSONL file of {"history": [...], "intent": "..." (optional)}."""
     from dreamrec.errors import DataError, InvalidValueError
 
     if not path.is_file():
         raise DataError("file not found", path)
-    out = []
+    out: list[list[Any]] = []
+    intents: list[str | None] = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -215,8 +231,12 @@ def _read_jsonl(path: Path) -> list[list[Any]]:
             raise InvalidValueError(f"invalid JSON ({e.msg})", path, i) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("history"), list):
             raise InvalidValueError('each line must be an object {"history": [ids...]}', path, i)
+        text = obj.get("intent")
+        if text is not None and not isinstance(text, str):
+            raise InvalidValueError('"intent" must be a string', path, i)
         out.append(obj["history"])
-    return out
+        intents.append(text)
+    return out, intents
 
 
 @app.command()

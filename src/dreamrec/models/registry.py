@@ -10,11 +10,12 @@ from dreamrec.models.cl4srec import CL4SRec
 from dreamrec.models.diffurec import DiffuRec
 from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.gru4rec import GRU4Rec
+from dreamrec.models.idreamrec import IDreamRec
 from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec)
 }
 
 
