@@ -34,17 +34,11 @@ SRC = ROOT / "src"
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, OS, Python and torch versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
+    from dreamrec.eval.report import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__}
 
 

@@ -26,6 +26,26 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def switch_sampler(
+    model: "SequentialRecommender", sampler: str | None, steps: int | None, **options: Any
+) -> None:
+    """Change a diffusion model's inference sampler without retraining (shared ``set_sampler``).
+
+    ``sampler`` (ddpm | ddim | onestep) sets ``sampler_steps`` to ``steps`` with it (None = all T);
+    ``steps`` alone changes only the step count; every other option (``ddim_eta``,
+    ``guidance_w``, ...) is set when not None. The new config is validated by the model's own
+    Config class and the model's ``scheduler`` is reset to match.
+    """
+    update: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if sampler is not None:
+        update.update(sampler=sampler, sampler_steps=steps)
+    elif steps is not None:
+        update["sampler_steps"] = steps
+    cfg = type(model.config)(**{**model.config.model_dump(), **update})
+    model.scheduler.set_timesteps(cfg.sampler_steps, sampler=cfg.sampler, eta=cfg.ddim_eta)
+    model.config = cfg
+
+
 class SequentialRecommender(nn.Module):
     name: ClassVar[str] = "base"
     Config: ClassVar[type[ModelConfig]] = ModelConfig

@@ -44,7 +44,7 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.noise import OffsetMode, offset_noise
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
-from dreamrec.models.base import ModelConfig, SequentialRecommender
+from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.models.sasrec import softmax_cross_entropy
 from dreamrec.nn.approximators import DiffuRecApproximator
 from dreamrec.nn.dropout import Dropout
@@ -161,18 +161,7 @@ class DiffuRec(SequentialRecommender):
         """Change how :meth:`reverse` samples (no retraining): ``sampler`` (ddpm | ddim | onestep),
         ``steps`` (S; None = all T), DDIM's ``eta`` and Algorithm 3's ``n_seeds``. Arguments left as
         None keep their value, except ``steps``, which is set whenever ``sampler`` is given."""
-        update: dict[str, object] = {}
-        if sampler is not None:
-            update.update(sampler=sampler, sampler_steps=steps)
-        elif steps is not None:
-            update["sampler_steps"] = steps
-        if eta is not None:
-            update["ddim_eta"] = eta
-        if n_seeds is not None:
-            update["n_seeds"] = n_seeds
-        cfg = DiffuRecConfig(**{**self.config.model_dump(), **update})
-        self.scheduler.set_timesteps(cfg.sampler_steps, sampler=cfg.sampler, eta=cfg.ddim_eta)
-        self.config = cfg
+        switch_sampler(self, sampler, steps, ddim_eta=eta, n_seeds=n_seeds)
 
     def query(self, history: torch.Tensor) -> torch.Tensor:
         return self.reverse(history)

@@ -52,7 +52,7 @@ from dreamrec.data.batching import Batch
 from dreamrec.diffusion import ClassifierFreeGuidance, DiffusionScheduler, drop_condition, sample
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
-from dreamrec.models.base import ModelConfig, SequentialRecommender
+from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
 from dreamrec.nn.encoders import TransformerEncoder
 
@@ -208,18 +208,7 @@ class DreamRec(SequentialRecommender):
         ``steps`` (S; None = all T steps), ``eta`` (DDIM) and the guidance strength ``w``.
         Arguments left as None keep their value, except ``steps``, which is set whenever
         ``sampler`` is given. ``self.config`` is updated (and validated) to match."""
-        update: dict[str, object] = {}
-        if sampler is not None:
-            update.update(sampler=sampler, sampler_steps=steps)
-        elif steps is not None:
-            update["sampler_steps"] = steps
-        if eta is not None:
-            update["ddim_eta"] = eta
-        if guidance_w is not None:
-            update["guidance_w"] = guidance_w
-        cfg = DreamRecConfig(**{**self.config.model_dump(), **update})
-        self.scheduler.set_timesteps(cfg.sampler_steps, sampler=cfg.sampler, eta=cfg.ddim_eta)
-        self.config = cfg
+        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w)
 
     def query(self, history: torch.Tensor) -> torch.Tensor:
         return self.generate(history)

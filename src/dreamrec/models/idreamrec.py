@@ -48,7 +48,7 @@ from dreamrec.diffusion.multi_guidance import TwoConditionGuidance, drop_mask, g
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
-from dreamrec.models.base import ModelConfig, SequentialRecommender
+from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.nn.dit import DiTContext, InContextDiT
 from dreamrec.text.encoders import DEFAULT_TEXT_ENCODER, TextEncoder, build_text_encoder, text_encoder_dim
 from dreamrec.text.item_text import (
@@ -288,17 +288,7 @@ class IDreamRec(SequentialRecommender):
     ) -> None:
         """Change how :meth:`generate` samples without retraining (``steps`` is set whenever
         ``sampler`` is given; other None arguments keep their value). Updates ``self.config``."""
-        update: dict[str, object] = {}
-        if sampler is not None:
-            update.update(sampler=sampler, sampler_steps=steps)
-        elif steps is not None:
-            update["sampler_steps"] = steps
-        for key, v in (("ddim_eta", eta), ("guidance_w", guidance_w), ("intent_rho", intent_rho)):
-            if v is not None:
-                update[key] = v
-        cfg = IDreamRecConfig(**{**self.config.model_dump(), **update})
-        self.scheduler.set_timesteps(cfg.sampler_steps, sampler=cfg.sampler, eta=cfg.ddim_eta)
-        self.config = cfg
+        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w, intent_rho=intent_rho)
 
 
 @torch.no_grad()
