@@ -80,3 +80,9 @@ def test_help_for_every_command():
     for cmd in ("prepare", "train", "evaluate", "recommend", "demo", "info"):
         r = invoke(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_model_window_wider_than_the_data_is_refused(trained, tmp_path):
+    tmp, _ = trained
+    r = invoke("train", "--model", "sasrec", "--data", tmp / "data", "--out", tmp_path / "r3", "--set", "train.max_len=500")
+    assert r.exit_code == 2 and "exceeds the dataset's history window" in r.output

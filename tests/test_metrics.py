@@ -219,3 +219,27 @@ def test_topk_from_scores_ties() -> None:
     _, order = topk_from_scores(scores, 6)
     ranks = target_ranks(scores.expand(6, -1), order[0] + 1)
     assert ranks.tolist() == list(range(6))
+
+
+def test_nan_scores_never_count_as_hits() -> None:
+    """A diverged model (NaN scores) must not get HR = 1: a NaN target is a miss (rank n)."""
+    scores = torch.tensor([[float("nan"), 1.0, 2.0], [float("nan")] * 3, [0.5, float("nan"), 0.1]])
+    ranks = target_ranks(scores, torch.tensor([1, 2, 3]))
+    # row 3: item 2's NaN counts as -inf, so only item 1 (0.5) is above the target (0.1)
+    assert ranks.tolist() == [3, 3, 1]
+    assert metrics_from_ranks(ranks[:2], ks=(1, 3))["HR@3"] == 0.0
+
+
+def test_exclude_seen_uses_the_whole_stored_history() -> None:
+    """Items older than the model's window are excluded too (the model only reads the last 2)."""
+
+    class Fixed(nn.Module):
+        max_len = 2
+
+        def score(self, history: torch.Tensor) -> torch.Tensor:
+            assert history.shape[1] == 2
+            return torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]]).expand(history.shape[0], -1)
+
+    rows = SampleRows(np.array([[1, 2, 3]]), np.array([4]))
+    assert rank_targets(Fixed(), rows).tolist() == [3]  # items 1, 2, 3 score higher
+    assert rank_targets(Fixed(), rows, exclude_seen=True).tolist() == [0]  # all three excluded

@@ -109,3 +109,27 @@ def test_item_metadata(tmp_path, small_synthetic):
     first = rec._ids[0]
     assert rec.item(first)["item_id"] == first and rec.item(str(first))["item_id"] == first
     assert rec.item("no-such-item") is None
+
+
+def test_ids_that_do_not_fit_never_match():
+    """Booleans, floats and non-ASCII digit strings are not item ids, whatever the catalog type."""
+    from dreamrec.data.dataset import _coerce_id
+
+    index = {1: 1, 42: 2, "7": 3}
+    assert _coerce_id(42, index) == 42 and _coerce_id("42", index) == 42 and _coerce_id(" 42 ", index) == 42
+    assert _coerce_id(7, index) == "7" and _coerce_id(np.int64(42), index) == 42
+    for bad in (True, 1.0, np.float64(42.0), "4_2", "+42", "٤٢", None):
+        assert _coerce_id(bad, index) is None, bad
+
+
+def test_exclude_seen_covers_history_beyond_the_window(tmp_path, small_synthetic):
+    """exclude_seen removes every item of the history, also those older than the model's window."""
+    ds = small_synthetic.dataset
+    data_dir = ds.save(tmp_path / "data")
+    cfg = RunConfig(model="popularity", train=TrainConfig(max_len=2))
+    train_run(cfg, data_dir, tmp_path / "run", progress=False, log=None, dataset=ds)
+    rec = Recommender.load(tmp_path / "run")
+    popular = rec.recommend([], k=5).items
+    history = popular[:3] + ds.to_original(np.array([ds.n_items, ds.n_items - 1]))  # popular items are old
+    r = rec.recommend(history, k=ds.n_items, exclude_seen=True)
+    assert not set(r.items) & set(history) and len(r.items) == ds.n_items - len(set(history))

@@ -127,7 +127,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prepared dataset (default: the one the run was trained on)."),
     split: Split = typer.Option(Split.test, help="Which split to evaluate."),
     exclude_seen: bool = typer.Option(False, help="Never rank items already in the history (off by default, as in the papers)."),
-    batch_size: int = typer.Option(1024, help="Rows per scoring batch."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per scoring batch (default: the run's train.eval_batch_size; diffusion models draw noise per batch)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
@@ -141,10 +141,10 @@ def evaluate(
         if not data_dir:
             raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
         ds = PreparedDataset.load(data_dir)
-        if ds.n_items != run.model.n_items:
-            raise DreamrecError(f"{data_dir} has {ds.n_items} items but the run was trained on {run.model.n_items}")
-        m = run_eval(run.model, ds.split(split.value), batch_size=batch_size, exclude_seen=exclude_seen,
-                     seed=run.config.train.seed)
+        if ds.n_items != run.model.n_items or ds.item_ids.tolist() != run.item_ids.tolist():
+            raise DreamrecError(f"{data_dir}: its item catalog differs from the one {run_dir} was trained on")
+        m = run_eval(run.model, ds.split(split.value), batch_size=batch_size or run.config.train.eval_batch_size,
+                     exclude_seen=exclude_seen, seed=run.config.train.seed)
     except (DreamrecError, ValueError) as e:
         _fail(e)
     if json_out:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +160,12 @@ class PreparedDataset:
         return known, unknown
 
     def to_original(self, internal: np.ndarray) -> list[Any]:
+        """Original ids of internal ids (1..n_items; 0, the padding id, is an error)."""
+        idx = np.asarray(internal, dtype=np.int64)
+        if idx.size and (idx.min() < 1 or idx.max() > self.n_items):
+            raise ValueError(f"internal item ids must lie in 1..{self.n_items}")
         arr = self.item_ids.to_numpy()
-        return [_py(v) for v in arr[np.asarray(internal, dtype=np.int64) - 1]]
+        return [_py(v) for v in arr[idx - 1]]
 
     def train_item_counts(self) -> np.ndarray:
         """Interaction count per internal id (index 0 = padding, always 0) in the training data.
@@ -301,18 +306,31 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
 def _coerce_id(x: Any, index: dict[Any, int]) -> Any | None:
+    """The catalog key ``x`` stands for, or None.
+
+    Exact keys match as they are; a string of ASCII digits also matches an integer id (``"42"``
+    -> ``42``) and an integer also matches a string id, so that command-line and JSON input work
+    whatever the catalog's id type. Booleans and non-integral numbers never match.
+    """
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if isinstance(x, (float, np.floating)):
+        return None
+    if isinstance(x, np.integer):
+        x = int(x)
     if x in index:
         return x
     if isinstance(x, str):
         s = x.strip()
         if s in index:
             return s
-        try:
-            i = int(s)
-        except ValueError:
-            return None
-        return i if i in index else None
-    if isinstance(x, (int, np.integer)) and str(x) in index:
+        if _INT_TEXT.fullmatch(s) and int(s) in index:
+            return int(s)
+        return None
+    if isinstance(x, int) and str(x) in index:
         return str(x)
     return None

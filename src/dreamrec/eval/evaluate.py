@@ -1,7 +1,8 @@
 """Evaluation of any model on a split: full ranking, every row counted, eval mode, no gradient."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -9,6 +10,16 @@ import torch
 from dreamrec.data.batching import fit_width
 from dreamrec.data.dataset import SampleRows
 from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
+
+
+@contextmanager
+def seeded_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the body with torch's generators seeded by ``seed`` and restore them afterwards
+    (the CPU generator, and the CUDA generator of ``device`` when it is a GPU)."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def exclude_history(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -41,16 +52,14 @@ def rank_targets(
     width = max_len or getattr(model, "max_len", rows.width)
     history = fit_width(rows.history, width)
     ranks = np.empty(len(rows), dtype=np.int64)
-    dev = torch.device(device)
     try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded_rng(seed, device):
             for s in range(0, len(rows), batch_size):
                 h = torch.from_numpy(history[s : s + batch_size]).to(device)
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
                 scores = model.score(h).float()
-                if exclude_seen:
-                    scores = exclude_history(scores, h)
+                if exclude_seen:  # the whole stored history, not only the model's window
+                    scores = exclude_history(scores, torch.from_numpy(rows.history[s : s + batch_size]).to(device))
                 ranks[s : s + len(t)] = target_ranks(scores, t).cpu().numpy()
     finally:
         model.train(was_training)

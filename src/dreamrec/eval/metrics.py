@@ -3,6 +3,8 @@
 The rank of the target is its 0-based position in the full ranking of all real items
 (never the padding id): the number of items scoring strictly higher, plus the number scoring
 exactly the same with a lower internal id (ties broken by id, as the top-k lists are).
+A NaN score never helps: a NaN target score is a miss (rank ``n_items``) and other items' NaN
+scores count as ``-inf`` (a diverged model must not look perfect).
 
 HR@K = [rank < K];  NDCG@K = [rank < K] / log2(rank + 2);  MRR@K = [rank < K] / (rank + 1).
 """
@@ -23,11 +25,13 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if int(target.min()) < 1 or int(target.max()) > scores.shape[1]:
         raise ValueError("target ids must lie in 1..n_items (0 is padding)")
     col = (target - 1).long()
+    nan_target = torch.isnan(scores.gather(1, col[:, None]))[:, 0]
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     s_t = scores.gather(1, col[:, None])
     higher = (scores > s_t).sum(1)
     idx = torch.arange(scores.shape[1], device=scores.device)[None, :]
     ties_before = ((scores == s_t) & (idx < col[:, None])).sum(1)
-    return higher + ties_before
+    return torch.where(nan_target, scores.shape[1], higher + ties_before)
 
 
 def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:

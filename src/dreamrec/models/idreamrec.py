@@ -47,6 +47,7 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.multi_guidance import TwoConditionGuidance, drop_mask, guidance_branches
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
+from dreamrec.eval.evaluate import seeded_rng
 from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.nn.dit import DiTContext, InContextDiT
@@ -310,8 +311,7 @@ def evaluate_with_intents(
     ranks = np.empty(len(rows), dtype=np.int64)
     tops: list[np.ndarray] = []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed, dev):
             for s in range(0, len(rows), batch_size):
                 h = torch.from_numpy(rows.history[s : s + batch_size][:, -model.max_len :]).to(dev)
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(dev)

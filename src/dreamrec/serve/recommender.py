@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dreamrec.data.dataset import _coerce_id, _py
-from dreamrec.eval.evaluate import exclude_history
+from dreamrec.eval.evaluate import exclude_history, seeded_rng
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.retrieval.base import ItemIndex, build_index
 from dreamrec.retrieval.exact import topk_from_scores
@@ -172,7 +172,8 @@ class Recommender:
                 row = known[-width:]
                 hist[i, width - len(row) :] = row
         h = torch.from_numpy(hist).to(self.device)
-        top_s, top_i = self._rank(h, k, intent_list, exclude_seen)
+        seen = [sorted(set(known)) for known, _ in encoded] if exclude_seen else None
+        top_s, top_i = self._rank(h, k, intent_list, seen)
         out = []
         for i, (known, unknown) in enumerate(encoded):
             keep = np.isfinite(top_s[i])
@@ -201,31 +202,39 @@ class Recommender:
         return cleaned
 
     def _rank(
-        self, h: torch.Tensor, k: int, intents: list[str | None] | None, exclude_seen: bool
+        self, h: torch.Tensor, k: int, intents: list[str | None] | None, seen: list[list[int]] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [B, k], internal ids [B, k]); excluded items come back with score -inf."""
+        """(scores [B, k], internal ids [B, k]); items in ``seen`` (each row's whole known history,
+        not only the model's window) come back with score -inf."""
         extra = {} if intents is None else {"intent": intents}
-        with self._lock, torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)  # sampled queries repeat; the caller's RNG state is untouched
+        # seeded: sampled (diffusion) queries repeat; the caller's RNG state is left untouched
+        with self._lock, torch.no_grad(), seeded_rng(self.seed, self.device):
             if self.retrieval is None:
                 scores = self.model.score(h, **extra).float()
-                if exclude_seen:
-                    scores = exclude_history(scores, h)
+                if seen is not None:
+                    scores = exclude_history(scores, torch.from_numpy(_pad_rows(seen)).to(scores.device))
                 top_s, top_c = topk_from_scores(scores, k)
             else:
                 q = self.model.query(h, **extra).float()
-                wanted = min(k + (int((h > 0).sum(1).max()) if exclude_seen else 0), self.n_items)
+                wanted = min(k + (max(map(len, seen)) if seen is not None else 0), self.n_items)
                 top_s, top_c = self.retrieval.search(q, wanted)
         top_s, ids = top_s.cpu().numpy().copy(), top_c.cpu().numpy() + 1
         if self.retrieval is not None:
-            if exclude_seen:
-                seen = h.cpu().numpy()
+            if seen is not None:
                 for i in range(len(ids)):
-                    top_s[i][np.isin(ids[i], seen[i][seen[i] > 0])] = -np.inf
+                    top_s[i][np.isin(ids[i], seen[i])] = -np.inf
                 order = np.argsort(-top_s, axis=1, kind="stable")
                 top_s, ids = np.take_along_axis(top_s, order, 1), np.take_along_axis(ids, order, 1)
             top_s, ids = top_s[:, :k], ids[:, :k]
         return top_s, ids
+
+
+def _pad_rows(rows: list[list[int]]) -> np.ndarray:
+    """Ragged lists of internal ids -> a zero-padded int64 matrix (0 = padding)."""
+    out = np.zeros((len(rows), max(1, max(map(len, rows), default=0))), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def _json_value(v: Any) -> Any:

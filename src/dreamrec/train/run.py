@@ -46,6 +46,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 def resolve(config: RunConfig, dataset: PreparedDataset) -> tuple[RunConfig, SequentialRecommender]:
     """Build the model and return the config with every default filled in."""
     max_len = config.train.max_len or dataset.max_len
+    if max_len > dataset.max_len:
+        # val/test histories were cut to the dataset's window: a wider model window would train on
+        # longer histories than it is evaluated on
+        raise ConfigError(
+            f"train.max_len={max_len} exceeds the dataset's history window ({dataset.max_len}); "
+            "prepare the data with a larger --max-len or use a smaller train.max_len"
+        )
     model = build_model(config.model, dataset.n_items, max_len, config.params)
     resolved = config.model_copy(
         update={"params": model.config.model_dump(), "train": config.train.model_copy(update={"max_len": max_len})}
