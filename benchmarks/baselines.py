@@ -5,6 +5,10 @@
 Zhihu keeps the DreamRec authors' split (window 10); Beauty and ML-1M keep the DiffuRec
 leave-one-out split (history window 50 for Beauty, 200 for ML-1M, as SASRec uses).
 Configs: ``configs/baselines/<dataset>/<variant>.yaml``. Results: ``benchmarks/results/``.
+Prepared data goes to ``<work>/data/<dataset>`` and is reused only when it was prepared from the
+same source file and format with the same window (:func:`ensure_prepared`); otherwise it is
+prepared again. (benchmarks/diffurec_loo.py runs some of the same models with window 50 for
+every data set; it records them under its own dataset names, ``beauty-w50`` / ``ml-1m-w50``.)
 """
 from __future__ import annotations
 
@@ -16,10 +20,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, ROOT, run_variant  # noqa: E402
 
 from dreamrec.config import PrepareConfig  # noqa: E402
+from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.data.prepare import prepare_source  # noqa: E402
+from dreamrec.errors import DreamrecError  # noqa: E402
 
 CONFIGS = ROOT.parent / "configs" / "baselines"
 SOURCES = {"zhihu": ("dreamrec", None), "beauty": ("diffurec", 50), "ml-1m": ("diffurec", 200)}
+
+
+def ensure_prepared(src: Path, fmt: str, window: int | None, data_dir: Path) -> Path:
+    """``data_dir`` holding ``src`` (format ``fmt``) prepared with history window ``window``.
+
+    A dataset already there is reused only if its ``meta.json`` says it came from the same source
+    file in the same format and its ``max_len`` equals ``window`` (``None``: the source's own
+    window, as for the DreamRec split); anything else is prepared again, replacing it.
+    """
+    if (data_dir / "meta.json").exists():
+        try:
+            ds = PreparedDataset.load(data_dir)
+        except DreamrecError as e:
+            reason = f"cannot be loaded ({e})"
+        else:
+            info = ds.info or {}
+            same_src = "source" in info and Path(info["source"]).resolve() == Path(src).resolve()
+            if info.get("format") != fmt:
+                reason = f"it was prepared from format {info.get('format')!r}, not {fmt!r}"
+            elif not same_src:
+                reason = f"it was prepared from {info.get('source')!r}, not {str(src)!r}"
+            elif window is not None and ds.max_len != window:
+                reason = f"its history window is {ds.max_len}, not {window}"
+            else:
+                return data_dir
+        print(f"re-preparing {data_dir}: {reason}", flush=True)
+    prepare_source(src, fmt, PrepareConfig(protocol="loo", max_len=window)).save(data_dir)
+    return data_dir
 
 
 def main() -> None:
@@ -31,21 +65,20 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", help="config stems to run (default: all)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench"), help="prepared data and run directories")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra key=value overrides")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="result JSON folder (default benchmarks/results)")
     args = ap.parse_args()
     paths = {"zhihu": args.zhihu, "beauty": args.beauty, "ml-1m": args.ml1m}
     for name, src in paths.items():
         if src is None:
             continue
         fmt, window = SOURCES[name]
-        data_dir = args.work / "data" / name
-        if not (data_dir / "meta.json").exists():
-            prepare_source(src, fmt, PrepareConfig(protocol="loo", max_len=window)).save(data_dir)
+        data_dir = ensure_prepared(src, fmt, window, args.work / "data" / name)
         for cfg in sorted((CONFIGS / name).glob("*.yaml")):
             if args.variants and cfg.stem not in args.variants:
                 continue
             print(f"== {name} / {cfg.stem}", flush=True)
             run_variant(dataset_name=name, data_dir=data_dir, config_path=cfg, seeds=args.seeds,
-                        runs_dir=args.work / "runs", results_dir=RESULTS, overrides=args.overrides)
+                        runs_dir=args.work / "runs", results_dir=args.results, overrides=args.overrides)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/baselines/<dataset>/), Dre
 config with the window set to 50), DiffuRec and the three DiffuRecSys variants
 (configs/diffurec/<dataset>-*.yaml). Each seed is cached (benchmarks/bench.py); the generated
 table goes to benchmarks/results/diffurec_loo.md beside the published HR@20.
+
+Results are recorded under the dataset names ``beauty-w50`` and ``ml-1m-w50`` (result JSONs
+``<dataset>-w50__<model>__<variant>.json``, seed caches ``seeds/<dataset>-w50__<variant>__seed<s>.json``),
+so they never collide with benchmarks/baselines.py, which runs the same configs on ML-1M with
+window 200. The prepared data lives in ``<work>/data/<dataset>-w50`` and is reused only if it was
+prepared from the same .pkl with window 50 (baselines.ensure_prepared), else prepared again.
 """
 from __future__ import annotations
 
@@ -20,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import ensure_prepared  # noqa: E402
 from bench import RESULTS, ROOT, run_variant  # noqa: E402
-
-from dreamrec.config import PrepareConfig  # noqa: E402
-from dreamrec.data.prepare import prepare_source  # noqa: E402
 
 CONFIGS = ROOT.parent / "configs"
 WINDOW = 50
+SUFFIX = f"-w{WINDOW}"  # dataset names in the result files: beauty-w50, ml-1m-w50
 METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 # published HR@20 (%) of DiffuRec (Li et al. 2023) and DiffuRecSys (its Table 3)
 PUBLISHED = {("beauty", "diffurec"): 11.11, ("ml-1m", "diffurec"): 36.79,
@@ -46,7 +51,8 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
 def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], names: list[str]) -> str:
     lines = [f"Leave-one-out, full ranking, history window {WINDOW}, test split, mean ± std over seeds (%).", ""]
     for ds in datasets:
-        lines += [f"### {ds}", "", "| model | " + " | ".join(METRICS) + " | published HR@20 |",
+        lines += [f"### {ds} (window {WINDOW}; result files {ds}{SUFFIX}__*.json)", "",
+                  "| model | " + " | ".join(METRICS) + " | published HR@20 |",
                   "|---|" + "---|" * (len(METRICS) + 1)]
         for name in names:
             rec = records.get((ds, name))
@@ -82,9 +88,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/diffurec_loo"), help="prepared data and run directories")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra key=value overrides")
     ap.add_argument("--quick", action="store_true", help="one epoch of tiny models on synthetic data (a smoke test)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="result JSON folder (default benchmarks/results)")
     args = ap.parse_args()
 
-    results_dir, out = RESULTS, RESULTS / "diffurec_loo.md"
+    results_dir, out = args.results, args.results / "diffurec_loo.md"
     if args.quick:
         tmp = Path(tempfile.mkdtemp(prefix="diffurec_loo_"))
         args.work, results_dir, out = tmp, tmp / "results", tmp / "diffurec_loo.md"
@@ -95,9 +102,7 @@ def main() -> None:
         for name, src in (("beauty", args.beauty), ("ml-1m", args.ml1m)):
             if src is None:
                 continue
-            data_dirs[name] = args.work / "data" / name
-            if not (data_dirs[name] / "meta.json").exists():
-                prepare_source(src, "diffurec", PrepareConfig(protocol="loo", max_len=WINDOW)).save(data_dirs[name])
+            data_dirs[name] = ensure_prepared(src, "diffurec", WINDOW, args.work / "data" / f"{name}{SUFFIX}")
     records: dict[tuple[str, str], dict[str, Any]] = {}
     names: list[str] = []
     for ds, data_dir in data_dirs.items():
@@ -110,9 +115,9 @@ def main() -> None:
                 model = "diffurec" if "diffurec" in name else name
                 extra += QUICK + QUICK_PARAMS.get(model, [])
             print(f"== {ds} / {name}", flush=True)
-            records[(ds, name)] = run_variant(dataset_name=ds, data_dir=data_dir, config_path=cfg, seeds=args.seeds,
-                                              runs_dir=args.work / "runs", results_dir=results_dir, overrides=extra,
-                                              variant=name)
+            records[(ds, name)] = run_variant(dataset_name=f"{ds}{SUFFIX}", data_dir=data_dir, config_path=cfg,
+                                              seeds=args.seeds, runs_dir=args.work / "runs", results_dir=results_dir,
+                                              overrides=extra, variant=name)
     text = table(records, list(data_dirs), names)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")

@@ -11,7 +11,7 @@ from dreamrec.config import PrepareConfig
 from dreamrec.data.dataset import PreparedDataset, SampleRows, Sequences
 from dreamrec.data.prepare import prepare_source
 from dreamrec.data.published import load_diffurec_pkl, load_dreamrec_split
-from dreamrec.errors import DataError, IdRangeError, MissingColumnError
+from dreamrec.errors import DataError, IdRangeError, InvalidValueError, MissingColumnError
 
 PAD = 5  # item_num: ids 0..4, padding 5
 
@@ -66,6 +66,35 @@ def test_dreamrec_bad_ids_and_columns(tmp_path):
         load_dreamrec_split(tmp_path / "missing")
 
 
+def test_dreamrec_non_integer_values(tmp_path):
+    def rows(seq=None, len_seq=None, nxt=None):
+        return pd.DataFrame({"seq": seq or [[PAD] * 4, [2, PAD, PAD, PAD]], "len_seq": len_seq or [1, 1],
+                             "next": nxt or [2, 0]})
+
+    cases = [
+        ("seq", rows(seq=[[PAD] * 4, [0.7, PAD, PAD, PAD]]), r"val_data\.df, row 2: seq 0\.7 is not an integer"),
+        ("seq", rows(seq=[[PAD] * 4, [True, PAD, PAD, PAD]]), r"val_data\.df, row 2: seq True is not an integer"),
+        ("seq", rows(seq=[[PAD] * 4, ["2", PAD, PAD, PAD]]), r"val_data\.df, row 2: seq '2' is not an integer"),
+        ("next", rows(nxt=[2, 1.9]), r"val_data\.df, row 2: next 1\.9 is not an integer"),
+        ("next", rows(nxt=[float("nan"), 1]), r"val_data\.df, row 1: next nan is not an integer"),
+        ("len_seq", rows(len_seq=[1, "x"]), r"val_data\.df, row 2: len_seq 'x' is not an integer"),
+        ("len_seq", rows(len_seq=[1.5, 1]), r"val_data\.df, row 1: len_seq 1\.5 is not an integer"),
+    ]
+    for i, (_, val, pattern) in enumerate(cases):
+        with pytest.raises(InvalidValueError, match=pattern) as err:
+            load_dreamrec_split(write_dreamrec(tmp_path / f"c{i}", val=val))
+        assert err.value.path.endswith("val_data.df") and err.value.row is not None
+        assert "-9223372036854775808" not in str(err.value)
+    # whole floats (a float column, or NaN-free object values) are ids like any other
+    whole = pd.DataFrame({"seq": [[2.0, 0.0, PAD, PAD]], "len_seq": [2.0], "next": [4.0]})
+    ds = load_dreamrec_split(write_dreamrec(tmp_path / "whole", test=whole))
+    assert ds.test.history.tolist() == [[0, 0, 3, 1]] and ds.test.target.tolist() == [5]
+    d = write_dreamrec(tmp_path / "statis")
+    pd.DataFrame({"seq_size": [4.5], "item_num": [PAD]}).to_pickle(d / "data_statis.df")
+    with pytest.raises(InvalidValueError, match=r"data_statis\.df, row 1: seq_size 4\.5 is not an integer"):
+        load_dreamrec_split(d)
+
+
 def write_diffurec(path, **override):
     data = {
         "train": {0: [1, 2, 3], 1: [2, 4], 2: [3]},
@@ -116,3 +145,28 @@ def test_diffurec_bad_ids(tmp_path):
         pickle.dump({"train": {}}, f)
     with pytest.raises(MissingColumnError, match="missing key 'val'"):
         load_diffurec_pkl(p)
+
+
+def test_diffurec_non_integer_values(tmp_path):
+    cases = [
+        (dict(val={0: [1.5]}), r"a0\.pkl: val: user 0: item id 1\.5 \(position 1\) is not an integer"),
+        (dict(train={0: [1, 2, float("nan")]}), r"train: user 0: item id nan \(position 3\) is not an integer"),
+        (dict(test={1: [True]}), r"test: user 1: item id True \(position 1\) is not an integer"),
+        (dict(train={True: [1]}), r"train: user key True is not an integer user id"),
+        (dict(train={"0": [1]}), r"train: user key '0' is not an integer user id"),
+        (dict(train={0.5: [1]}), r"train: user key 0\.5 is not an integer user id"),
+        (dict(val={0: 4}), r"val: user 0: expected a list of item ids, found 4"),
+        (dict(smap={10: 1, 20: 2.5}), r"smap: item id 2\.5 \(for 20\) is not an integer"),
+        (dict(umap={"alice": False}), r"umap: user id False \(for 'alice'\) is not an integer"),
+        (dict(test=[[1]]), r"test: expected a dict, found list"),
+    ]
+    for i, (override, pattern) in enumerate(cases):
+        with pytest.raises(InvalidValueError, match=pattern) as err:
+            load_diffurec_pkl(write_diffurec(tmp_path / f"a{i}.pkl", **override))
+        assert err.value.path.endswith(f"a{i}.pkl")
+    # whole floats are ids; the result equals the all-int file
+    ds = load_diffurec_pkl(write_diffurec(tmp_path / "w.pkl", train={0: [1.0, 2.0, 3], 1.0: [2, 4], 2: [3]},
+                                          val={0: [4.0], 1: [1], 2: [2]}), max_len=3)
+    ref = load_diffurec_pkl(write_diffurec(tmp_path / "ref.pkl"), max_len=3)
+    assert ds.val.history.tolist() == ref.val.history.tolist() and ds.val.target.tolist() == [4, 1, 2]
+    assert ds.train.items.dtype == np.int64 and ds.train.items.tolist() == ref.train.items.tolist()
