@@ -272,3 +272,24 @@ def test_set_sampler_changes_grid_and_config() -> None:
     assert model.config.sampler == "onestep" and model.config.guidance_w == 0.0
     with pytest.raises(Exception):
         model.set_sampler("ddim", 0)
+
+
+def test_sampler_chosen_at_load_time(tmp_path: Path, small_synthetic) -> None:
+    """`evaluate`/`recommend`/`serve` can switch a trained run's sampler; other models refuse."""
+    from dreamrec.config import RunConfig
+    from dreamrec.errors import ConfigError
+    from dreamrec.train.run import load_run, train_run
+
+    ds = small_synthetic.dataset
+    data_dir = ds.save(tmp_path / "data")
+    cfg = RunConfig(model="dreamrec", params={"hidden": 16, "timesteps": 20}, train=TrainConfig(epochs=1))
+    train_run(cfg, data_dir, tmp_path / "run", progress=False, log=None, dataset=ds)
+    run = load_run(tmp_path / "run", sampler="ddim", steps=4)
+    assert (run.model.config.sampler, run.model.config.sampler_steps) == ("ddim", 4)
+    assert len(run.model.scheduler.timesteps) == 4 and run.config.params["sampler"] == "ddim"
+    with pytest.raises(ConfigError, match="sampler"):
+        load_run(tmp_path / "run", sampler="nope")
+    pop = RunConfig(model="popularity")
+    train_run(pop, data_dir, tmp_path / "pop", progress=False, log=None, dataset=ds)
+    with pytest.raises(ConfigError, match="no diffusion sampler"):
+        load_run(tmp_path / "pop", sampler="ddim")

@@ -129,6 +129,8 @@ def evaluate(
     exclude_seen: bool = typer.Option(False, help="Never rank items already in the history (off by default, as in the papers)."),
     batch_size: Optional[int] = typer.Option(None, help="Rows per scoring batch (default: the run's train.eval_batch_size; diffusion models draw noise per batch)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
     from dreamrec.data.dataset import PreparedDataset
@@ -136,7 +138,7 @@ def evaluate(
     from dreamrec.train.run import load_run
 
     try:
-        run = load_run(run_dir)
+        run = load_run(run_dir, sampler=sampler, steps=steps)
         data_dir = data or run.info.get("data_dir")
         if not data_dir:
             raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
@@ -177,6 +179,8 @@ def recommend(
         None, "--intent", help='Intention text steering the recommendation (intent-aware models such as idreamrec); '
         'with --input it is the default for lines without an "intent" field.'
     ),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
 ) -> None:
     """Top-k items (original ids) with scores for one history or a JSONL batch.
 
@@ -186,7 +190,7 @@ def recommend(
     if (history is None) == (input is None):
         _fail(DreamrecError("give exactly one of --history or --input"))
     try:
-        rec = Recommender.load(run_dir)
+        rec = Recommender.load(run_dir, sampler=sampler, steps=steps)
         if history is not None:
             r = rec.recommend(_parse_history(history), k=k, intent=intent, exclude_seen=exclude_seen)
             typer.echo(json.dumps(r.to_dict()))
@@ -249,6 +253,8 @@ def serve(
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads per worker (default torch's choice)."),
     max_body_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
 ) -> None:
     """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs."""
     import os
@@ -260,11 +266,13 @@ def serve(
     from dreamrec.train.run import load_run
 
     try:
-        load_run(run_dir)  # fail fast with a clear message, before any worker starts
+        load_run(run_dir, sampler=sampler, steps=steps)  # fail fast with a clear message, before any worker starts
     except (DreamrecError, ValueError) as e:
         _fail(e)
     os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
     os.environ["DREAMREC_INDEX"] = index
+    os.environ["DREAMREC_SAMPLER"] = sampler or ""
+    os.environ["DREAMREC_STEPS"] = str(steps or "")
     os.environ["DREAMREC_MAX_BODY_BYTES"] = str(max_body_bytes)
     if threads:
         os.environ["DREAMREC_THREADS"] = str(threads)

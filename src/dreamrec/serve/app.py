@@ -247,5 +247,11 @@ def app_from_env() -> FastAPI:
     threads = os.environ.get("DREAMREC_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    rec = Recommender.load(os.environ["DREAMREC_RUN_DIR"], index=os.environ.get("DREAMREC_INDEX", "exact"))
+    steps = os.environ.get("DREAMREC_STEPS")
+    rec = Recommender.load(
+        os.environ["DREAMREC_RUN_DIR"],
+        index=os.environ.get("DREAMREC_INDEX", "exact"),
+        sampler=os.environ.get("DREAMREC_SAMPLER") or None,
+        steps=int(steps) if steps else None,
+    )
     return create_app(rec, max_body_bytes=int(os.environ.get("DREAMREC_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))

@@ -87,8 +87,10 @@ class Recommender:
         index: str = "exact",
         index_options: dict[str, Any] | None = None,
         seed: int | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
     ):
-        self.run = load_run(run_dir, device)
+        self.run = load_run(run_dir, device, sampler=sampler, steps=steps)
         self.device = device
         self.model = self.run.model
         self.model_name = self.run.config.model

@@ -131,8 +131,14 @@ class LoadedRun:
         return self.items["item_id"]
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
-    """Rebuild the trained model of ``run_dir`` from YAML, JSON, Parquet and safetensors (no pickle)."""
+def load_run(
+    run_dir: str | Path, device: str = "cpu", *, sampler: str | None = None, steps: int | None = None
+) -> LoadedRun:
+    """Rebuild the trained model of ``run_dir`` from YAML, JSON, Parquet and safetensors (no pickle).
+
+    ``sampler`` / ``steps`` switch a diffusion model's inference sampler (ddpm | ddim | onestep,
+    S steps) without retraining; for other models giving them is an error.
+    """
     from dreamrec.train.checkpoint import load_weights
 
     run_dir = Path(run_dir)
@@ -147,6 +153,14 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     info = json.loads((run_dir / "run.json").read_text())
     model = build_model(config.model, int(info["n_items"]), int(info["max_len"]), config.params)
     load_weights(model, run_dir / "model.safetensors")
+    if sampler is not None or steps is not None:
+        if not hasattr(model, "set_sampler"):
+            raise ConfigError(f"model {config.model!r} has no diffusion sampler to set")
+        try:
+            model.set_sampler(sampler, steps)
+        except ValueError as e:  # pydantic validation
+            raise ConfigError(f"bad sampler settings for {config.model!r}: {e}") from None
+        config = config.model_copy(update={"params": model.config.model_dump()})
     model.to(device).eval()
     items = pd.read_parquet(run_dir / "items.parquet")
     return LoadedRun(config, model, items, info, run_dir)
