@@ -38,16 +38,56 @@ def test_shapes_and_empty_history(cross_attention: bool, sampler: str) -> None:
     model = build_model("diffurec", 30, 8, {**SMALL, "cross_attention": cross_attention, "offset_noise": 0.1,
                                             "sampler": sampler, "sampler_steps": 3, "n_seeds": 2})
     h = histories()
-    loss = model.loss(Batch(h, torch.randint(1, 31, (6,))))
+    target = torch.tensor([3, 7, 7, 12, 20, 29])
+    calls: list[tuple] = []
+
+    def keep(mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if args[2].requires_grad:  # training only (not model.score below)
+            args[2].retain_grad()  # x_t
+            calls.append((args[2], args[3], out))
+
+    model.approximator.register_forward_hook(keep)
+    loss = model.loss(Batch(h, target))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
-    assert model.item_embedding.weight.grad is not None
+    # the table is the CE output layer: dL/dE_j = mean_b (p_bj - [y_b = j]) x0_hat_b (Eq. 24-25)
+    x_t, t, x0_hat = calls[0][0], calls[0][1], calls[0][2].detach()
+    E = model.item_embedding.weight.detach()
+    p = torch.softmax(x0_hat @ E[1:].T, dim=1)
+    onehot = torch.nn.functional.one_hot(target - 1, 30).float()
+    ce_grad = torch.cat([torch.zeros(1, 16), (p - onehot).T @ x0_hat / 6])
+    g = model.item_embedding.weight.grad
+    untouched = sorted(set(range(1, 31)) - set(h.flatten().tolist()) - set(target.tolist()))
+    assert untouched  # rows reached through the softmax only
+    torch.testing.assert_close(g[untouched], ce_grad[untouched], atol=1e-6, rtol=1e-5)
+    # a target's row: that CE term (with the label's pull -x0_hat_b / B) plus the x0 target's share
+    # through x_t = sqrt(abar_t) E[y] + ..., i.e. sqrt(abar_t) dL/dx_t
+    x0_path = torch.zeros(31, 16).index_add_(0, target, model.scheduler.sqrt_alphas_cumprod[t][:, None] * x_t.grad)
+    rows = sorted(set(target.tolist()) - set(h.flatten().tolist()))
+    assert rows
+    torch.testing.assert_close(g[rows], ce_grad[rows] + x0_path[rows], atol=1e-5, rtol=1e-4)
+    softmax_only = (p.T @ x0_hat / 6)[[r - 1 for r in rows]]
+    assert (ce_grad[rows] - softmax_only).abs().max() > 1e-2  # the label term is not negligible
     model.eval()
     scores = model.score(h)
     assert scores.shape == (6, 30) and torch.isfinite(scores).all()
     assert model.item_embeddings().shape == (31, 16)
     wide = torch.cat([torch.zeros(6, 4, dtype=torch.long), h], 1)
     assert model.score(wide).shape == (6, 30)
+
+
+@pytest.mark.parametrize("cross_attention", [False, True])
+def test_double_precision_model_scores(cross_attention: bool) -> None:
+    """The step embedding follows the weights' dtype, so a model converted with .double() runs."""
+    model = build_model("diffurec", 30, 8, {**SMALL, "cross_attention": cross_attention, "sampler": "ddim",
+                                            "sampler_steps": 3}).double()
+    h = histories()
+    loss = model.loss(Batch(h, torch.randint(1, 31, (6,))))
+    assert loss.dtype == torch.float64 and torch.isfinite(loss)
+    model.eval()
+    scores = model.score(h)
+    assert scores.dtype == torch.float64 and scores.shape == (6, 30) and torch.isfinite(scores).all()
+    assert model.approximator.step_embedding(torch.tensor([2])).dtype == torch.float64
 
 
 def test_registered_and_paper_defaults() -> None:

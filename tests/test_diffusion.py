@@ -222,3 +222,111 @@ def test_sinusoidal_time_embedding_any_size() -> None:
     for dim in (1, 2, 7, 64):
         e = SinusoidalTimeEmbedding(dim)(torch.arange(5))
         assert e.shape == (5, dim) and torch.isfinite(e).all()
+
+
+# -- the middle of the samplers, the training t range, failed switches ---------------------------
+
+
+@pytest.mark.parametrize("schedule", ["exp", "linear", "cosine"])
+def test_deterministic_ddim_keeps_eps_at_every_step(schedule: str) -> None:
+    """eta = 0 with a perfect x0-predictor: starting from x_T = q(x0, eps, T-1), every intermediate
+    x_{t_prev} is exactly q(x0, eps, t_prev) (the same eps), not only the final x0."""
+    torch.manual_seed(2)
+    s = DiffusionScheduler(num_train_timesteps=20, beta_schedule=schedule)
+    s.set_timesteps(5, sampler="ddim", eta=0.0)
+    assert s.timesteps.tolist() == [19, 15, 11, 7, 3]
+    x0, eps = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    x = s.q_sample(x0, eps, 19)
+    visited = []
+    for t in s.timesteps.tolist():
+        x = s.step(x0.clone(), t, x)
+        t_prev = s.previous_timestep(t)
+        visited.append(t_prev)
+        expected = x0 if t_prev < 0 else s.q_sample(x0, eps, t_prev)
+        torch.testing.assert_close(x, expected, atol=1e-5, rtol=1e-5)
+    assert visited == [15, 11, 7, 3, -1]
+
+
+@pytest.mark.parametrize("schedule", ["exp", "linear", "cosine", "sqrt"])
+def test_respaced_ddpm_equals_ddim_eta_1(schedule: str) -> None:
+    """DDPM on a 7-step grid (posterior between grid points) is DDIM with eta = 1 on the same grid:
+    same means, same sigmas, same noise draws -> the same trajectory for an imperfect network."""
+    s = DiffusionScheduler(num_train_timesteps=50, beta_schedule=schedule)
+
+    def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # an imperfect x0-predictor
+        return 0.6 * x_t + 0.01 * t.float() - 0.3
+
+    out = {}
+    for sampler, eta in (("ddpm", 0.0), ("ddim", 1.0)):
+        s.set_timesteps(7, sampler=sampler, eta=eta)  # type: ignore[arg-type]
+        torch.manual_seed(3)
+        out[sampler] = sample(net, s, (5, 6), dtype=torch.float64)
+        torch.manual_seed(3)
+        x, xs = torch.randn(5, 6, dtype=torch.float64), []
+        for t in s.timesteps.tolist():  # the intermediates agree too
+            x = s.step(net(x, torch.tensor([t])), t, x)
+            xs.append(x)
+        out[sampler + "_path"] = torch.stack(xs)
+    torch.testing.assert_close(out["ddpm"], out["ddim"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["ddpm_path"], out["ddim_path"], atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_sigma_by_hand_at_eta_half() -> None:
+    s = hand_scheduler()  # abar = 0.9, 0.72, 0.504
+    s.set_timesteps(3, sampler="ddim", eta=0.5)
+    x_t, x0_hat, z = torch.tensor([[0.3]]), torch.tensor([[1.0]]), torch.tensor([[0.8]])
+    for t, abar, abar_prev in ((2, 0.504, 0.72), (1, 0.72, 0.9)):
+        sigma = 0.5 * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
+        eps = (0.3 - math.sqrt(abar) * 1.0) / math.sqrt(1 - abar)
+        expected = math.sqrt(abar_prev) * 1.0 + math.sqrt(1 - abar_prev - sigma**2) * eps + sigma * 0.8
+        assert float(s.step(x0_hat, t, x_t, noise=z)) == pytest.approx(expected, rel=1e-5)
+        assert float(s.step(x0_hat, t, x_t, noise=z) - s.step(x0_hat, t, x_t, noise=0 * z)) == pytest.approx(
+            sigma * 0.8, rel=1e-5
+        )
+    # t = 2: sigma = 0.5 sqrt(0.28 / 0.496) sqrt(1 - 0.7) = 0.20577...
+    assert float(s._sigma[0]) == pytest.approx(0.5 * math.sqrt(0.28 / 0.496 * 0.3), rel=1e-9)
+    assert float(s.step(x0_hat, 0, x_t, noise=z)) == pytest.approx(1.0)  # the last step adds no noise
+
+
+def test_eta_outside_unit_interval_is_rejected() -> None:
+    s = DiffusionScheduler(num_train_timesteps=10)
+    s.set_timesteps(5, sampler="ddim", eta=1.0)  # the boundary is fine
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=str(bad)):
+            s.set_timesteps(5, sampler="ddim", eta=bad)
+
+
+def test_sample_timesteps_covers_exactly_0_to_T_minus_1() -> None:
+    torch.manual_seed(0)
+    s = DiffusionScheduler(num_train_timesteps=20)
+    t = s.sample_timesteps(20_000)
+    assert t.dtype == torch.long and set(t.tolist()) == set(range(20))
+    counts = torch.bincount(t, minlength=20).float() / 20_000
+    torch.testing.assert_close(counts, torch.full((20,), 0.05), atol=0.01, rtol=0)  # uniform
+
+
+def _snapshot(s: DiffusionScheduler) -> tuple:
+    x, x0_hat, z = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    steps = [s.step(x0_hat, t, x, noise=z) for t in s.timesteps.tolist()]
+    return s.sampler, s.eta, s.timesteps.clone(), [s.previous_timestep(t) for t in s.timesteps.tolist()], steps
+
+
+@pytest.mark.parametrize("start", [("ddim", 5, 0.3), ("ddpm", 7, 0.0), ("onestep", None, 0.0)])
+def test_failed_set_timesteps_leaves_the_scheduler_unchanged(start: tuple) -> None:
+    s = DiffusionScheduler(num_train_timesteps=20, beta_schedule="cosine")
+    s.set_timesteps(start[1], sampler=start[0], eta=start[2])
+    torch.manual_seed(0)
+    before = _snapshot(s)
+    for steps, sampler, eta in ((21, "ddpm", 0.0), (21, "ddim", 0.0), (0, "ddim", 0.5), (5, "ddim", 1.5), (5, "nope", 0.0)):
+        with pytest.raises(ValueError):
+            s.set_timesteps(steps, sampler=sampler, eta=eta)  # type: ignore[arg-type]
+        torch.manual_seed(0)
+        after = _snapshot(s)
+        assert after[:2] == before[:2] and torch.equal(after[2], before[2]) and after[3] == before[3]
+        for a, b in zip(after[4], before[4]):
+            assert torch.equal(a, b)
+    # a successful switch drops the other sampler's coefficient, so nothing stale can be read
+    s.set_timesteps(5, sampler="ddim")
+    assert s._c_xt is None and s._c_eps is not None
+    s.set_timesteps(5, sampler="ddpm")
+    assert s._c_eps is None and s._c_xt is not None

@@ -32,10 +32,23 @@ def histories(n_items: int = 30, L: int = 8) -> torch.Tensor:
 def test_shapes_and_empty_history(denoiser: str, sampler: str) -> None:
     model = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": denoiser, "sampler": sampler, "sampler_steps": 5})
     h = histories()
-    loss = model.loss(Batch(h, torch.randint(1, 31, (6,))))
+    target = torch.randint(1, 31, (6,))
+    torch.manual_seed(5)
+    loss = model.loss(Batch(h, target))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
-    assert model.item_embedding.weight.grad is not None  # the table learns through the x0 target
+    joint = model.item_embedding.weight.grad.clone()
+    # the same draws with a stop-gradient target: the target rows lose the x0 target's gradient
+    model.zero_grad()
+    model.config = model.config.model_copy(update={"target_grad": False})
+    torch.manual_seed(5)
+    model.loss(Batch(h, target)).backward()
+    detached = model.item_embedding.weight.grad
+    rows = target.unique()
+    assert not torch.allclose(joint[rows], detached[rows])  # the table learns through the x0 target
+    others = torch.ones(31, dtype=torch.bool)
+    others[rows] = False
+    torch.testing.assert_close(joint[others], detached[others])  # ... and only the target rows
     model.eval()
     scores = model.score(h)
     assert scores.shape == (6, 30) and torch.isfinite(scores).all()
@@ -177,9 +190,22 @@ def test_cosine_x0_loss_matches_formula() -> None:
     torch.testing.assert_close(x0_loss(pred, target, "mse"), ((pred - target) ** 2).mean())
     with pytest.raises(ValueError):
         x0_loss(pred, target, "l1")
+    # at model level, with a stub denoiser and hand-set targets: mean over rows of 1 - cos(x0_hat, E[y])
     model = build_model("dreamrec", 30, 8, {**SMALL, "x0_loss": "cosine"})
-    loss = model.loss(Batch(histories(), torch.tensor([3, 4, 5, 6, 7, 8])))
-    assert 0 <= loss.item() <= 2
+    with torch.no_grad():
+        model.item_embedding.weight[3] = 2 * torch.eye(16)[0]
+        model.item_embedding.weight[4] = 3 * torch.eye(16)[1]
+    x0_hat = torch.zeros(2, 16)
+    x0_hat[0, :2] = 1.0  # 45 degrees from E[3]: 1 - 1/sqrt(2)
+    x0_hat[1, 1] = -5.0  # opposite to E[4]: 1 - (-1) = 2
+
+    class Stub(torch.nn.Module):
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return x0_hat
+
+    model.denoiser = Stub()
+    loss = model.loss(Batch(histories()[:2], torch.tensor([3, 4])))
+    assert loss.item() == pytest.approx(((1 - 2**-0.5) + 2.0) / 2, rel=1e-6)
 
 
 def test_stop_gradient_target_gets_no_x0_gradient() -> None:
@@ -203,93 +229,78 @@ def test_train_timesteps_last_uses_step_T() -> None:
     model.denoiser.register_forward_hook(lambda mod, args, out: steps.append(args[1]))
     model.loss(Batch(histories(), torch.tensor([3, 4, 5, 6, 7, 8])))
     assert torch.equal(steps[0], torch.full((6,), 19))
+
+
+def test_item_statistics_by_hand() -> None:
+    model = build_model("dreamrec", 3, 8, SMALL)
+    e = torch.eye(16)
+    with torch.no_grad():  # items 1 and 2 parallel, 3 orthogonal to both
+        model.item_embedding.weight[1:] = torch.stack([2 * e[0], 5 * e[0], e[1]])
     stats = model.on_epoch_end(1)
-    assert -1 <= stats["item_cos"] <= 1
+    # pairwise cosines over i != j: (1, 2) = (2, 1) = 1, the other four pairs 0 -> 2 / 6
+    assert stats["item_cos"] == pytest.approx(1 / 3, rel=1e-6)
+    assert stats["item_norm"] == pytest.approx(8 / 3, rel=1e-6)
+    assert stats["item_norm_std"] == pytest.approx(float(torch.tensor([2.0, 5.0, 1.0]).std()), rel=1e-6)
 
 
-# -- end to end through the CLI ------------------------------------------------------------------
+def test_training_sample_timesteps_cover_exactly_0_to_T_minus_1() -> None:
+    """DreamRec trains on t ~ Uniform{0..T-1} (0-based): every step is drawn, nothing outside."""
+    model = build_model("dreamrec", 30, 8, SMALL)
+    steps: list[torch.Tensor] = []
+    model.denoiser.register_forward_hook(lambda mod, args, out: steps.append(args[1]))
+    torch.manual_seed(0)
+    h = histories().repeat(100, 1)
+    with torch.no_grad():
+        for _ in range(10):
+            model.loss(Batch(h, torch.randint(1, 31, (h.shape[0],))))
+    t = torch.cat(steps)
+    assert t.numel() == 6000 and set(t.tolist()) == set(range(20))
 
 
-def test_cli_train_evaluate_recommend(tmp_path: Path, small_synthetic) -> None:
-    from typer.testing import CliRunner
-
-    from dreamrec.cli import app
-
-    runner = CliRunner()
-    data_dir = small_synthetic.dataset.save(tmp_path / "data")
-    r = runner.invoke(app, ["train", "--model", "dreamrec", "--data", str(data_dir), "--out", str(tmp_path / "run"),
-                            "--no-progress", "--set", "train.epochs=2", "--set", "hidden=16",
-                            "--set", "timesteps=20", "--set", "denoiser=mlp2"])
-    assert r.exit_code == 0, r.output
-    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert "item_norm" in log[0]
-    r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])
-    assert r.exit_code == 0, r.output
-    m = json.loads(r.stdout.strip().splitlines()[-1])
-    assert m["n"] == len(small_synthetic.dataset.test) and 0.0 <= m["HR@20"] <= 1.0
-    r2 = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])
-    assert json.loads(r2.stdout.strip().splitlines()[-1])["HR@20"] == m["HR@20"]  # deterministic
-    known = small_synthetic.dataset.item_ids.tolist()
-    r = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--history", ",".join(map(str, known[:3])), "--k", "5"])
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
-    assert len(out["items"]) == 5 and set(out["items"]) <= set(known)
-
-
-@pytest.mark.parametrize("denoiser", ["mlp1", "mlp2"])
 @pytest.mark.parametrize("w", [0.0, 2.0])
-def test_precomputed_condition_gives_identical_scores(denoiser: str, w: float) -> None:
-    """generate() projects the condition once per call; the result is bit-identical to the
-    plain loop that calls the denoiser on the full condition at every step."""
-    from dreamrec.diffusion import ClassifierFreeGuidance, sample
+def test_generation_uses_the_learned_null_condition(w: float) -> None:
+    """The ∅ that training drops in (p_uncond = 1: always) is the one guidance subtracts at generation."""
+    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": w, "p_uncond": 1.0, "sampler": "ddim",
+                                            "sampler_steps": 4})
+    model.eval()
+    h, target = histories(), torch.tensor([3, 4, 5, 6, 7, 8])
+    torch.manual_seed(1)
+    scores, loss = model.score(h), model.loss(Batch(h, target))
+    with torch.no_grad():
+        model.null_condition.add_(1.0)
+    torch.manual_seed(1)
+    scores2, loss2 = model.score(h), model.loss(Batch(h, target))
+    assert loss2.item() != loss.item()  # training sees the parameter
+    if w > 0:
+        assert not torch.allclose(scores2, scores)  # so does guided generation
+    else:
+        assert torch.equal(scores2, scores)  # w = 0: the conditional model only, ∅ unused
 
-    model = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": denoiser, "guidance_w": w})
+
+def test_failed_set_sampler_leaves_model_consistent() -> None:
+    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0, "sampler": "ddim", "sampler_steps": 5,
+                                            "ddim_eta": 0.5})
     model.eval()
     h = histories()
-    for sampler, steps in (("ddpm", None), ("ddim", 5), ("onestep", None)):
-        model.set_sampler(sampler, steps)
-        torch.manual_seed(1)
-        got = model.score(h)
-        torch.manual_seed(1)
-        with torch.no_grad():
-            c = model.guidance(h)
-            fn = ClassifierFreeGuidance(model.denoiser, c, model.null_condition, w)
-            x0 = sample(fn, model.scheduler, tuple(c.shape))
-            expected = x0 @ model.item_embeddings()[1:].T
-        assert torch.equal(got, expected), (sampler, steps)
-
-
-def test_set_sampler_changes_grid_and_config() -> None:
-    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0})
-    assert len(model.scheduler.timesteps) == 20
-    model.set_sampler("ddim", 4, eta=0.5, guidance_w=6.0)
+    torch.manual_seed(1)
+    before = model.score(h)
     cfg = model.config
-    assert (cfg.sampler, cfg.sampler_steps, cfg.ddim_eta, cfg.guidance_w) == ("ddim", 4, 0.5, 6.0)
-    assert model.scheduler.sampler == "ddim" and len(model.scheduler.timesteps) == 4
-    model.set_sampler("onestep")
-    assert model.config.sampler_steps is None and model.scheduler.timesteps.tolist() == [19]
-    model.set_sampler(guidance_w=0.0)  # w alone keeps the sampler
-    assert model.config.sampler == "onestep" and model.config.guidance_w == 0.0
-    with pytest.raises(Exception):
-        model.set_sampler("ddim", 0)
+    for kwargs in ({"sampler": "ddpm", "steps": 50}, {"sampler": "ddim", "steps": 21}, {"eta": 1.5},
+                   {"sampler": "ddim", "steps": 5, "eta": 2.0}):
+        with pytest.raises(Exception):
+            model.set_sampler(**kwargs)
+        assert model.config == cfg and model.scheduler.sampler == "ddim" and model.scheduler.eta == 0.5
+        assert model.scheduler.timesteps.tolist() == [19, 15, 11, 7, 3]
+        torch.manual_seed(1)
+        assert torch.equal(model.score(h), before), kwargs
 
 
-def test_sampler_chosen_at_load_time(tmp_path: Path, small_synthetic) -> None:
-    """`evaluate`/`recommend`/`serve` can switch a trained run's sampler; other models refuse."""
-    from dreamrec.config import RunConfig
-    from dreamrec.errors import ConfigError
-    from dreamrec.train.run import load_run, train_run
+def test_ddim_eta_above_one_is_rejected_by_every_config() -> None:
+    from pydantic import ValidationError
 
-    ds = small_synthetic.dataset
-    data_dir = ds.save(tmp_path / "data")
-    cfg = RunConfig(model="dreamrec", params={"hidden": 16, "timesteps": 20}, train=TrainConfig(epochs=1))
-    train_run(cfg, data_dir, tmp_path / "run", progress=False, log=None, dataset=ds)
-    run = load_run(tmp_path / "run", sampler="ddim", steps=4)
-    assert (run.model.config.sampler, run.model.config.sampler_steps) == ("ddim", 4)
-    assert len(run.model.scheduler.timesteps) == 4 and run.config.params["sampler"] == "ddim"
-    with pytest.raises(ConfigError, match="sampler"):
-        load_run(tmp_path / "run", sampler="nope")
-    pop = RunConfig(model="popularity")
-    train_run(pop, data_dir, tmp_path / "pop", progress=False, log=None, dataset=ds)
-    with pytest.raises(ConfigError, match="no diffusion sampler"):
-        load_run(tmp_path / "pop", sampler="ddim")
+    for name in ("dreamrec", "diffurec", "idreamrec"):
+        Config = MODELS[name].Config
+        for bad in (1.5, -0.5):
+            with pytest.raises(ValidationError, match="ddim_eta"):
+                Config(ddim_eta=bad)
+        assert Config(ddim_eta=1.0).ddim_eta == 1.0

@@ -53,7 +53,14 @@ def test_dit_shapes_with_empty_history_and_null_intent():
     assert out.shape == (B, 16) and torch.isfinite(out).all()
     ctx0 = dit.context(h, torch.zeros(B, 6, dtype=torch.bool))  # no intention at all: ∅_iota
     assert dit(torch.randn(B, 16), torch.tensor([1, 2, 3]), ctx0).shape == (B, 16)
-    assert DiTContext.cat([ctx, ctx0]).batch_size == 2 * B
+    both = DiTContext.cat([ctx, ctx0])
+    assert both.batch_size == 2 * B
+    # the parts in order along the batch, tokens and key masks alike
+    assert torch.equal(both.tokens[:B], ctx.tokens) and torch.equal(both.tokens[B:], ctx0.tokens)
+    assert torch.equal(both.key_mask[:B], ctx.key_mask) and torch.equal(both.key_mask[B:], ctx0.key_mask)
+    # and one call on the stacked context equals the two calls (the guidance branches' batching)
+    x, t = torch.randn(B, 16), torch.tensor([4])
+    torch.testing.assert_close(dit(x.repeat(2, 1), t, both), torch.cat([dit(x, t, ctx), dit(x, t, ctx0)]))
     # a history longer than max_len keeps its last max_len items
     assert dit.context(torch.randn(B, 9, 16), torch.ones(B, 9, dtype=torch.bool)).tokens.shape == (B, 8, 32)
 

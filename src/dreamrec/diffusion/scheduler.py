@@ -157,28 +157,42 @@ class DiffusionScheduler:
         T = self.num_train_timesteps
         if sampler not in ("ddpm", "ddim", "onestep"):
             raise ValueError(f"unknown sampler {sampler!r}; expected ddpm, ddim or onestep")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        eta = float(eta)
+        if not 0.0 <= eta <= 1.0:  # eta > 1 would make 1 - abar_prev - sigma^2 negative (wrong marginals)
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
         S = 1 if sampler == "onestep" else (T if num_inference_steps is None else num_inference_steps)
-        self.sampler: Sampler = sampler
-        self.eta = float(eta)
-        self.timesteps = inference_timesteps(T, S)
-        # coefficients of x_{t_prev} per grid point, in float64 then float32
-        abar = self._abar64[self.timesteps]
-        abar_prev = torch.cat([self._abar64[self.timesteps[1:]], torch.ones(1, dtype=torch.float64)])
-        self._prev = dict(zip(self.timesteps.tolist(), [*self.timesteps[1:].tolist(), -1]))
-        self._index = {t: i for i, t in enumerate(self.timesteps.tolist())}
+        # everything is computed into locals first, so a failing call leaves the scheduler untouched
+        timesteps = inference_timesteps(T, S)
+        # coefficients of x_{t_prev} per grid point, in float64
+        abar = self._abar64[timesteps]
+        abar_prev = torch.cat([self._abar64[timesteps[1:]], torch.ones(1, dtype=torch.float64)])
+        prev = dict(zip(timesteps.tolist(), [*timesteps[1:].tolist(), -1]))
+        index = {t: i for i, t in enumerate(timesteps.tolist())}
+        c_eps: torch.Tensor | None = None
+        c_xt: torch.Tensor | None = None
         if sampler == "ddim":
             # sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev)   (DDIM Eq. 16)
-            sigma2 = self.eta**2 * (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
-            self._c_x0 = abar_prev.sqrt()
-            self._c_eps = (1 - abar_prev - sigma2).clamp(min=0).sqrt()
-            self._sigma = sigma2.sqrt()
+            sigma2 = eta**2 * (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+            c_x0 = abar_prev.sqrt()
+            # >= 0 for eta <= 1 (sigma^2 <= posterior variance <= 1 - abar_prev); the clamp only
+            # absorbs float64 rounding at eta = 1
+            c_eps = (1 - abar_prev - sigma2).clamp(min=0).sqrt()
+            sigma = sigma2.sqrt()
         else:  # ddpm / onestep: posterior between consecutive grid points (equals DDPM's for stride 1)
             beta_step = 1 - abar / abar_prev  # beta of the composite step t_prev -> t
-            self._c_x0 = beta_step * abar_prev.sqrt() / (1 - abar)
-            self._c_xt = (1 - abar_prev) * (1 - beta_step).sqrt() / (1 - abar)
-            self._sigma = (beta_step * (1 - abar_prev) / (1 - abar)).sqrt()
+            c_x0 = beta_step * abar_prev.sqrt() / (1 - abar)
+            c_xt = (1 - abar_prev) * (1 - beta_step).sqrt() / (1 - abar)
+            sigma = (beta_step * (1 - abar_prev) / (1 - abar)).sqrt()
+        # commit: the other sampler's coefficient is cleared (None) so a stale value cannot be read
+        self.sampler: Sampler = sampler
+        self.eta = eta
+        self.timesteps = timesteps
+        self._prev = prev
+        self._index = index
+        self._c_x0 = c_x0
+        self._c_eps = c_eps
+        self._c_xt = c_xt
+        self._sigma = sigma
 
     def previous_timestep(self, t: int) -> int:
         """The grid point after ``t`` (``-1`` = clean data)."""
@@ -204,9 +218,11 @@ class DiffusionScheduler:
         x0_hat = self.to_x0(model_output, t, sample)
         dtype = sample.dtype
         if self.sampler == "ddim":
+            assert self._c_eps is not None
             eps_hat = self.predict_eps_from_x0(sample, t, x0_hat)
             x_prev = self._c_x0[i].to(dtype) * x0_hat + self._c_eps[i].to(dtype) * eps_hat
         else:
+            assert self._c_xt is not None
             x_prev = self._c_x0[i].to(dtype) * x0_hat + self._c_xt[i].to(dtype) * sample
         sigma = float(self._sigma[i])
         if sigma > 0:

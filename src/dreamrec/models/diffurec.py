@@ -71,7 +71,7 @@ class DiffuRecConfig(ModelConfig):
     # inference
     sampler: Sampler = "ddpm"
     sampler_steps: int | None = Field(None, ge=1, description="S for ddim/ddpm; default T (all steps)")
-    ddim_eta: float = Field(0.0, ge=0)
+    ddim_eta: float = Field(0.0, ge=0, le=1)
     n_seeds: int = Field(1, ge=1, description="Algorithm 3: average the reversed x0 over this many noise draws")
 
 

@@ -79,7 +79,7 @@ class DreamRecConfig(ModelConfig):
     # sampling
     sampler: Sampler = "ddpm"
     sampler_steps: int | None = Field(None, ge=1, description="S for ddim/ddpm; default T (all steps)")
-    ddim_eta: float = Field(0.0, ge=0)
+    ddim_eta: float = Field(0.0, ge=0, le=1)
     # options beyond the paper (defaults = the paper's method)
     x0_loss: Literal["mse", "cosine"] = Field(
         "mse", description="mse: ||x0 - f||^2 (Eq. 14); cosine: 1 - cos(x0, f), blind to the table's scale"

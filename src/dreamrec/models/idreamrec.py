@@ -104,7 +104,7 @@ class IDreamRecConfig(ModelConfig):
     # sampling
     sampler: Sampler = Field("onestep", description="onestep (the paper's efficient inference), ddim (S steps) or ddpm")
     sampler_steps: int | None = Field(20, ge=1, description="S for ddim/ddpm; None = all T")
-    ddim_eta: float = Field(0.0, ge=0)
+    ddim_eta: float = Field(0.0, ge=0, le=1)
 
 
 class IDreamRec(SequentialRecommender):

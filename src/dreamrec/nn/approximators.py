@@ -34,16 +34,22 @@ from dreamrec.nn.dropout import Dropout
 from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Sinusoidal features ``[cos(t w_k), sin(t w_k)]`` with ``w_k = max_period^{-k / (dim/2)}``
-    (``[N] -> [N, dim]``; a zero column is appended for odd ``dim``). ``t`` may be fractional."""
+    (``[N] -> [N, dim]``; a zero column is appended for odd ``dim``). ``t`` may be fractional.
+
+    The result has ``dtype`` (pass the consuming weights' dtype); it is computed in at least
+    float32, so half-precision outputs do not lose the phase of large ``t``."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
+    work = torch.promote_types(dtype, torch.float32)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=work, device=t.device) / half)
+    args = t.to(work)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+    return emb.to(dtype)
 
 
 def sample_lambda(shape: torch.Size | tuple[int, ...], delta: float, *, device: torch.device | str | None = None,
@@ -135,7 +141,8 @@ class DiffuRecApproximator(nn.Module):
 
     def step_embedding(self, t: torch.Tensor) -> torch.Tensor:
         """``d_t`` [N, d] for 0-based steps ``t`` [N]."""
-        return self.time_mlp(timestep_embedding(t * self.t_scale, self.hidden))
+        dtype = self.time_mlp[0].weight.dtype  # follow the weights (e.g. after ``.double()``)
+        return self.time_mlp(timestep_embedding(t * self.t_scale, self.hidden, dtype=dtype))
 
     def forward(self, e: torch.Tensor, valid: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``e`` [B, L, d] history representations, ``valid`` [B, L] bool (real items), ``x_t`` [B, d],
