@@ -30,8 +30,7 @@ from torch import nn
 
 from dreamrec.data.batching import Batch
 from dreamrec.models.base import ModelConfig, SequentialRecommender
-from dreamrec.models.sasrec import SASRecConfig, labelled_positions, softmax_cross_entropy
-from dreamrec.nn.encoders import TransformerEncoder
+from dreamrec.models.sasrec import SASRecConfig, labelled_positions, sasrec_encoder, softmax_cross_entropy
 
 
 class CL4SRecConfig(SASRecConfig):
@@ -120,18 +119,9 @@ class CL4SRec(SequentialRecommender):
         assert isinstance(config, CL4SRecConfig)
         super().__init__(n_items, max_len, config)
         self.mask_token = n_items + 1
-        self.encoder = TransformerEncoder(
-            n_items,
-            max_len,
-            hidden=config.hidden,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            dropout=config.dropout,
-            attn_dropout=config.attn_dropout,
-            inner_size=config.inner_size,
-            activation=config.activation,
-            init_std=config.init_std,
-            item_embedding=nn.Embedding(n_items + 2, config.hidden, padding_idx=0),  # + [mask]
+        # the table has one extra row for the [mask] token (input only, never ranked)
+        self.encoder = sasrec_encoder(
+            n_items, max_len, config, item_embedding=nn.Embedding(n_items + 2, config.hidden, padding_idx=0)
         )
 
     def augment(self, history: torch.Tensor) -> torch.Tensor:

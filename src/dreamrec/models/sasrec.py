@@ -110,6 +110,25 @@ def softmax_cross_entropy(h: torch.Tensor, table: torch.Tensor, labels: torch.Te
     return _ChunkedSoftmaxCE.apply(h, weight, labels - 1, chunk)
 
 
+def sasrec_encoder(
+    n_items: int, max_len: int, config: SASRecConfig, item_embedding: nn.Embedding | None = None
+) -> TransformerEncoder:
+    """The causal Transformer of a SASRec-family model, built from its config."""
+    return TransformerEncoder(
+        n_items,
+        max_len,
+        hidden=config.hidden,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        dropout=config.dropout,
+        attn_dropout=config.attn_dropout,
+        inner_size=config.inner_size,
+        activation=config.activation,
+        init_std=config.init_std,
+        item_embedding=item_embedding,
+    )
+
+
 class SASRec(SequentialRecommender):
     name: ClassVar[str] = "sasrec"
     Config: ClassVar[type[ModelConfig]] = SASRecConfig
@@ -120,18 +139,7 @@ class SASRec(SequentialRecommender):
         config = config or SASRecConfig()
         assert isinstance(config, SASRecConfig)
         super().__init__(n_items, max_len, config)
-        self.encoder = TransformerEncoder(
-            n_items,
-            max_len,
-            hidden=config.hidden,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            dropout=config.dropout,
-            attn_dropout=config.attn_dropout,
-            inner_size=config.inner_size,
-            activation=config.activation,
-            init_std=config.init_std,
-        )
+        self.encoder = sasrec_encoder(n_items, max_len, config)
 
     @property
     def item_embedding(self) -> nn.Embedding:

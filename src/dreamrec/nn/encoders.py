@@ -209,7 +209,8 @@ class GRUEncoder(nn.Module):
 
     Padding never enters the recurrence: each row's real items are packed (the row is shifted to
     the left, run through ``pack_padded_sequence``, and shifted back), so a state depends only on
-    the items before it, not on how many pads precede them. Outputs at padded positions are zero.
+    the items before it, not on how many pads precede them. Padded positions output the learned
+    ``empty_state``.
     """
 
     def __init__(
