@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import planted_hr20
 
-from dreamrec.config import TrainConfig
 from dreamrec.data.batching import Batch
-from dreamrec.eval.evaluate import evaluate
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.caser import Caser
 from dreamrec.models.cl4srec import CL4SRec, crop, info_nce, mask_items, reorder
@@ -94,27 +93,13 @@ def test_caser_shapes() -> None:
     assert torch.allclose(scores, z @ model.out_embedding.weight[1:].T + model.out_bias[1:], atol=1e-5)
 
 
-PLANTED = {"n_users": 600, "n_items": 100, "n_topics": 10, "zipf": 0.0, "seed": 0}
-
-
 @pytest.mark.parametrize("name,params", [
     ("cl4srec", {"hidden": 32, "n_layers": 1}),
     ("caser", {"hidden": 32}),
 ])
 def test_planted_pattern(name: str, params: dict, tmp_path: Path) -> None:
     """Measured (8 epochs, one thread): HR@20 0.80 (CL4SRec), 0.86 (Caser) vs popularity 0.41."""
-    from dreamrec.data.synthetic import SyntheticConfig, generate
-    from dreamrec.train.trainer import train
-
     t0 = time.perf_counter()
-    ds = generate(SyntheticConfig(**PLANTED)).dataset
-    cfg = TrainConfig(epochs=8, batch_size=128, lr=5e-3, patience=8, val_metric="HR@20", seed=0)
-    torch.manual_seed(0)
-    model = build_model(name, ds.n_items, ds.max_len, params)
-    train(model, ds, cfg, tmp_path, progress=False, log=lambda s: None)
-    pop = build_model("popularity", ds.n_items, ds.max_len)
-    pop.fit_statistics(ds)
-    hr = evaluate(model, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"]
-    hr_pop = evaluate(pop, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"]
+    hr, hr_pop = planted_hr20(name, params, tmp_path)
     assert hr >= 1.5 * hr_pop, (hr, hr_pop)
     assert time.perf_counter() - t0 < 20
