@@ -4,18 +4,18 @@
     python benchmarks/diffurec_loo.py --quick          # smoke test on synthetic data (seconds)
 
 Protocol: the DiffuRec leave-one-out split, full ranking over all items, history window 50 for
-EVERY model (DiffuRec's max_len; SASRec's ML-1M setting would be 200, see baselines.py), test
+EVERY model (DiffuRec's max_len, also the window of benchmarks/baselines.py), test
 HR@5/10/20 and NDCG@5/10/20 as mean ± std over the seeds, with validation NDCG@20 early stopping.
 Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/baselines/<dataset>/), DreamRec (the Zhihu
 config with the window set to 50), DiffuRec and the three DiffuRecSys variants
 (configs/diffurec/<dataset>-*.yaml). Each seed is cached (benchmarks/bench.py); the generated
 table goes to benchmarks/results/diffurec_loo.md beside the published HR@20.
 
-Results are recorded under the dataset names ``beauty-w50`` and ``ml-1m-w50`` (result JSONs
-``<dataset>-w50__<model>__<variant>.json``, seed caches ``seeds/<dataset>-w50__<variant>__seed<s>.json``),
-so they never collide with benchmarks/baselines.py, which runs the same configs on ML-1M with
-window 200. The prepared data lives in ``<work>/data/<dataset>-w50`` and is reused only if it was
-prepared from the same .pkl with window 50 (baselines.ensure_prepared), else prepared again.
+Results are recorded under the dataset names ``beauty`` and ``ml-1m``, the same data, window and work
+folder as benchmarks/baselines.py, so a baseline seed trained by either script is reused by the other
+(seed caches ``seeds/<dataset>__<variant>__seed<s>.json``). The prepared data lives in
+``<work>/data/<dataset>`` and is reused only if it was prepared from the same .pkl with window 50
+(baselines.ensure_prepared), else prepared again.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from bench import RESULTS, ROOT, run_variant  # noqa: E402
 
 CONFIGS = ROOT.parent / "configs"
 WINDOW = 50
-SUFFIX = f"-w{WINDOW}"  # dataset names in the result files: beauty-w50, ml-1m-w50
 METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 # published HR@20 (%) of DiffuRec (Li et al. 2023) and DiffuRecSys (its Table 3)
 PUBLISHED = {("beauty", "diffurec"): 11.11, ("ml-1m", "diffurec"): 36.79,
@@ -51,7 +50,7 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
 def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], names: list[str]) -> str:
     lines = [f"Leave-one-out, full ranking, history window {WINDOW}, test split, mean ± std over seeds (%).", ""]
     for ds in datasets:
-        lines += [f"### {ds} (window {WINDOW}; result files {ds}{SUFFIX}__*.json)", "",
+        lines += [f"### {ds} (window {WINDOW}; result files {ds}__*.json)", "",
                   "| model | " + " | ".join(METRICS) + " | published HR@20 |",
                   "|---|" + "---|" * (len(METRICS) + 1)]
         for name in names:
@@ -85,7 +84,7 @@ def main() -> None:
     ap.add_argument("--ml1m", type=Path, help="DiffuRec ml-1m .pkl")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="*", help="variant names to run (default: all)")
-    ap.add_argument("--work", type=Path, default=Path("runs/diffurec_loo"), help="prepared data and run directories")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench"), help="prepared data and run directories")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra key=value overrides")
     ap.add_argument("--quick", action="store_true", help="one epoch of tiny models on synthetic data (a smoke test)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="result JSON folder (default benchmarks/results)")
@@ -102,7 +101,7 @@ def main() -> None:
         for name, src in (("beauty", args.beauty), ("ml-1m", args.ml1m)):
             if src is None:
                 continue
-            data_dirs[name] = ensure_prepared(src, "diffurec", WINDOW, args.work / "data" / f"{name}{SUFFIX}")
+            data_dirs[name] = ensure_prepared(src, "diffurec", WINDOW, args.work / "data" / name)
     records: dict[tuple[str, str], dict[str, Any]] = {}
     names: list[str] = []
     for ds, data_dir in data_dirs.items():
@@ -115,7 +114,7 @@ def main() -> None:
                 model = "diffurec" if "diffurec" in name else name
                 extra += QUICK + QUICK_PARAMS.get(model, [])
             print(f"== {ds} / {name}", flush=True)
-            records[(ds, name)] = run_variant(dataset_name=f"{ds}{SUFFIX}", data_dir=data_dir, config_path=cfg,
+            records[(ds, name)] = run_variant(dataset_name=ds, data_dir=data_dir, config_path=cfg,
                                               seeds=args.seeds, runs_dir=args.work / "runs", results_dir=results_dir,
                                               overrides=extra, variant=name)
     text = table(records, list(data_dirs), names)

@@ -72,6 +72,9 @@ def test_bad_input_is_a_clear_error(trained, tmp_path):
     assert r.exit_code == 2 and "row 2" in r.output
     r = invoke("train", "--model", "sasrec", "--data", tmp / "data", "--out", tmp / "run")
     assert r.exit_code == 2 and "already holds a trained run" in r.output
+    (tmp_path / "dead" / "checkpoint").mkdir(parents=True)  # a run killed before it finished
+    r = invoke("train", "--model", "sasrec", "--data", tmp / "data", "--out", tmp_path / "dead")
+    assert r.exit_code == 2 and "unfinished run" in r.output and "--resume" in r.output
     r = invoke("train", "--model", "sasrec", "--data", tmp / "data", "--out", tmp_path / "r2", "--set", "bogus_param=1")
     assert r.exit_code == 2 and "bogus_param" in r.output
 

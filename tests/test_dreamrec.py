@@ -223,6 +223,29 @@ def test_stop_gradient_target_gets_no_x0_gradient() -> None:
     assert frozen.item_embedding.weight.grad is None
 
 
+def test_ce_term_adds_full_softmax_cross_entropy_by_hand() -> None:
+    """``ce_weight``: loss = mse + weight * -log softmax(x0_hat E[1:]^T / tau)[target - 1]."""
+    n_items, d = 4, 16
+    model = build_model("dreamrec", n_items, 8, {**SMALL, "ce_weight": 0.5, "ce_temperature": 2.0, "n_layers": 2})
+    assert len(model.encoder.blocks) == 2
+    E = torch.zeros(n_items + 1, d)
+    E[1, 0], E[2, 1], E[3, 0], E[4, 2] = 1.0, 1.0, -1.0, 2.0
+    with torch.no_grad():
+        model.item_embedding.weight.copy_(E)
+    x0_hat = torch.zeros(1, d)
+    x0_hat[0, 0] = 2.0  # logits over items 1..4 = [2, 0, -2, 0] / 2 = [1, 0, -1, 0]
+
+    class Stub(torch.nn.Module):
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return x0_hat
+
+    model.denoiser = Stub()
+    loss = model.loss(Batch(histories(n_items)[:1], torch.tensor([2])))
+    mse = ((x0_hat - E[2]) ** 2).mean().item()
+    ce = -(0.0 - torch.logsumexp(torch.tensor([1.0, 0.0, -1.0, 0.0]), 0)).item()
+    assert loss.item() == pytest.approx(mse + 0.5 * ce, rel=1e-6)
+
+
 def test_train_timesteps_last_uses_step_T() -> None:
     model = build_model("dreamrec", 30, 8, {**SMALL, "train_timesteps": "last"})
     steps: list[torch.Tensor] = []

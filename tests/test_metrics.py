@@ -243,3 +243,34 @@ def test_exclude_seen_uses_the_whole_stored_history() -> None:
     rows = SampleRows(np.array([[1, 2, 3]]), np.array([4]))
     assert rank_targets(Fixed(), rows).tolist() == [3]  # items 1, 2, 3 score higher
     assert rank_targets(Fixed(), rows, exclude_seen=True).tolist() == [0]  # all three excluded
+
+
+def test_rank_targets_with_intents_and_topk() -> None:
+    """``intents`` reach ``model.query`` batch by batch; ``topk`` returns the first items by hand."""
+
+    class IntentModel(FixedModel):
+        def __init__(self) -> None:
+            super().__init__(BASE)
+            self.seen: list[list[str | None]] = []
+
+        def item_embeddings(self) -> torch.Tensor:
+            return torch.cat([torch.zeros(1, 5), torch.eye(5)])  # item j = unit vector j - 1
+
+        def query(self, history: torch.Tensor, intents: list[str | None]) -> torch.Tensor:
+            self.seen.append(list(intents))
+            q = self.base.expand(history.shape[0], -1).clone()
+            for i, text in enumerate(intents):
+                if text == "last":  # reverse the order for this row: item 5 first
+                    q[i] = q[i].flip(0)
+            return q
+
+    model = IntentModel()
+    rows = make_rows()
+    intents = [None, None, "last", None, "last", None, None]
+    ranks, top = rank_targets(model, rows, batch_size=4, intents=intents, topk=2)
+    assert model.seen == [intents[:4], intents[4:]]
+    # reversed rows: target 3 -> rank 2, target 5 -> rank 0; the others as before
+    assert ranks.tolist() == [0, 1, 2, 3, 0, 4, 2]
+    assert top.tolist() == [[1, 2], [1, 2], [5, 4], [1, 2], [5, 4], [1, 2], [1, 2]]
+    with pytest.raises(ValueError, match="3 intents for 7 rows"):
+        rank_targets(model, rows, intents=[None] * 3)

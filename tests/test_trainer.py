@@ -144,3 +144,42 @@ def test_early_stopping(dataset: PreparedDataset, tmp_path: Path) -> None:
     fresh = build_model("gru4rec", N_ITEMS, MAX_LEN, GRU)
     state = load_checkpoint(tmp_path / "checkpoint", fresh, restore_torch_rng=False)
     assert state["epoch"] == 3 and state["bad_epochs"] == 2
+
+
+def test_best_weights_live_in_the_committed_checkpoint(dataset: PreparedDataset, tmp_path: Path) -> None:
+    """A run that dies mid-training leaves no model.safetensors; the best weights so far sit in the
+    committed checkpoint, and the finished run's model.safetensors equals the best epoch's weights."""
+    from dreamrec.train.checkpoint import best_weights_path
+
+    class Dies(RuntimeError):
+        pass
+
+    kw = {"epochs": 4, "patience": 50, "lr": 0.003}
+    torch.manual_seed(123)
+    model = build_model("gru4rec", dataset.n_items, MAX_LEN, GRU)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_epoch_end(epoch: int) -> dict[str, float]:
+        snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch == 3:
+            raise Dies("killed during epoch 3")
+        return {}
+
+    model.on_epoch_end = on_epoch_end  # type: ignore[method-assign]
+    cfg = TrainConfig(**{"batch_size": 32, "val_metric": "HR@5", "seed": 7, **kw})
+    with pytest.raises(Dies):
+        train(model, dataset, cfg, tmp_path, progress=False)
+    assert not (tmp_path / "model.safetensors").exists()
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["state"]
+    assert state["epoch"] == 2
+    best = best_weights_path(tmp_path / "checkpoint")
+    assert best is not None
+    saved = load_file(str(best))
+    expect = snapshots[state["best_epoch"]]
+    assert all(torch.equal(saved[k], expect[k]) for k in saved)
+
+    _, full = fit("gru4rec", GRU, dataset, tmp_path / "full", **kw)
+    assert best_weights_path(tmp_path / "full" / "checkpoint") is not None
+    final = load_file(str(tmp_path / "full" / "model.safetensors"))
+    in_ckpt = load_file(str(best_weights_path(tmp_path / "full" / "checkpoint")))
+    assert final.keys() == in_ckpt.keys() and all(torch.equal(final[k], in_ckpt[k]) for k in final)

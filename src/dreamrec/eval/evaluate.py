@@ -1,8 +1,9 @@
 """Evaluation of any model on a split: full ranking, every row counted, eval mode, no gradient."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,28 +42,43 @@ def rank_targets(
     exclude_seen: bool = False,
     device: str | torch.device = "cpu",
     seed: int = 0,
-) -> np.ndarray:
+    intents: Sequence[str | None] | None = None,
+    topk: int = 0,
+) -> Any:
     """0-based rank of every row's target. The model is put in eval mode and restored after.
 
     ``seed`` fixes any randomness of the model's inference (diffusion sampling), so the result is
-    deterministic; the global RNG state is saved and restored.
+    deterministic; the global RNG state is saved and restored. ``intents`` (one text or None per
+    row) is passed to ``model.query(history, intents)`` for models that take an intention (iDreamRec).
+    With ``topk > 0`` the result is ``(ranks, top)``, ``top`` the internal ids [N, topk] ranked first.
     """
+    if intents is not None and len(intents) != len(rows):
+        raise ValueError(f"got {len(intents)} intents for {len(rows)} rows; give one (or None) per row")
     was_training = model.training
     model.eval()
     width = max_len or getattr(model, "max_len", rows.width)
     history = fit_width(rows.history, width)
     ranks = np.empty(len(rows), dtype=np.int64)
+    tops: list[np.ndarray] = []
     try:
         with seeded_rng(seed, device):
             for s in range(0, len(rows), batch_size):
                 h = torch.from_numpy(history[s : s + batch_size]).to(device)
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
-                scores = model.score(h).float()
+                if intents is None:
+                    scores = model.score(h).float()
+                else:
+                    q = model.query(h, list(intents[s : s + batch_size]))
+                    scores = (q @ model.item_embeddings()[1:].T).float()
                 if exclude_seen:  # the whole stored history, not only the model's window
                     scores = exclude_history(scores, torch.from_numpy(rows.history[s : s + batch_size]).to(device))
                 ranks[s : s + len(t)] = target_ranks(scores, t).cpu().numpy()
+                if topk:
+                    tops.append((scores.topk(topk, dim=1).indices + 1).cpu().numpy())
     finally:
         model.train(was_training)
+    if topk:
+        return ranks, (np.concatenate(tops) if tops else np.zeros((0, topk), dtype=np.int64))
     return ranks
 
 

@@ -37,6 +37,11 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 * ``x0_loss = "cosine"``: ``1 - cos(x0, f)`` instead of the MSE (ranking by inner product only
   needs the direction of the query).
 * ``freeze_items``: keep the table at its random init (a control).
+* ``n_layers``: encoder depth (the paper: 1).
+* ``ce_weight > 0``: add ``ce_weight`` times a full-softmax cross-entropy of the prediction
+  against the whole catalog, ``-log softmax(f(x_t, c, t) E[1:]^T / ce_temperature)[target]``.
+  This gives up the paper's "no negative sampling" (every other item is a negative): it scores the
+  x0 prediction exactly as retrieval will, and keeps the table from collapsing.
 """
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ from dreamrec.nn.encoders import TransformerEncoder
 class DreamRecConfig(ModelConfig):
     # guidance encoder (T-enc): one Transformer block, as the paper
     hidden: int = Field(64, ge=1, description="embedding size d of items, guidance and denoiser")
+    n_layers: int = Field(1, ge=1, description="Transformer blocks of the guidance encoder (paper: 1)")
     n_heads: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     inner_size: int | None = Field(None, ge=1, description="feed-forward width; default hidden (authors' code)")
@@ -88,6 +94,11 @@ class DreamRecConfig(ModelConfig):
         True, description="False: the x0 target is a stop-gradient copy of the item row (the table still "
         "learns through the encoder input); stops the x0 loss from collapsing the table"
     )
+    ce_weight: float = Field(
+        0.0, ge=0, description="weight of an extra full-softmax cross-entropy of f(x_t, c, t) against all items "
+        "(0 = the paper: no negatives)"
+    )
+    ce_temperature: float = Field(1.0, gt=0, description="temperature of the ce_weight term's logits")
     freeze_items: bool = Field(False, description="keep the item table at its random init (a control)")
     train_timesteps: Literal["uniform", "last"] = Field(
         "uniform", description="uniform: t ~ U{1..T} (Algorithm 1); last: always t = T, training for one-step generation"
@@ -119,7 +130,7 @@ class DreamRec(SequentialRecommender):
             n_items,
             max_len,
             hidden=d,
-            n_layers=1,
+            n_layers=config.n_layers,
             n_heads=config.n_heads,
             dropout=config.dropout,
             inner_size=config.inner_size or d,
@@ -169,7 +180,11 @@ class DreamRec(SequentialRecommender):
         noise = torch.randn_like(x0)
         x_t = self.scheduler.add_noise(x0, noise, t)
         x0_hat = self.denoiser(x_t, t, c)
-        return x0_loss(x0_hat, x0, cfg.x0_loss)
+        loss = x0_loss(x0_hat, x0, cfg.x0_loss)
+        if cfg.ce_weight > 0:
+            logits = x0_hat @ self.item_embedding.weight[1:].T / cfg.ce_temperature  # real items only
+            loss = loss + cfg.ce_weight * F.cross_entropy(logits, batch.target - 1)
+        return loss
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Mean L2 norm of the real items' embeddings and their mean pairwise cosine (watch them

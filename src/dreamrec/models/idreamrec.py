@@ -47,8 +47,8 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.multi_guidance import TwoConditionGuidance, drop_mask, guidance_branches
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
-from dreamrec.eval.evaluate import seeded_rng
-from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
+from dreamrec.eval.evaluate import rank_targets
+from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.nn.dit import DiTContext, InContextDiT
 from dreamrec.text.encoders import DEFAULT_TEXT_ENCODER, TextEncoder, build_text_encoder, text_encoder_dim
@@ -304,25 +304,13 @@ def evaluate_with_intents(
     return_topk: int = 0,
 ) -> dict[str, Any]:
     """Full-ranking HR/NDCG/MRR@K of ``model`` on ``rows`` (:class:`SampleRows`) with one intention
-    text (or None) per row; ``return_topk > 0`` adds ``"topk"`` (internal ids [N, k]). Seeded."""
-    was = model.training
-    model.eval()
+    text (or None) per row (:func:`~dreamrec.eval.evaluate.rank_targets` with ``intents``);
+    ``return_topk > 0`` adds ``"topk"`` (internal ids [N, k]). Seeded."""
     dev = model.item_text_emb.device
-    ranks = np.empty(len(rows), dtype=np.int64)
-    tops: list[np.ndarray] = []
-    try:
-        with seeded_rng(seed, dev):
-            for s in range(0, len(rows), batch_size):
-                h = torch.from_numpy(rows.history[s : s + batch_size][:, -model.max_len :]).to(dev)
-                t = torch.from_numpy(rows.target[s : s + batch_size]).to(dev)
-                it = None if intents is None else list(intents[s : s + batch_size])
-                scores = model.query(h, it) @ model.item_embeddings()[1:].T
-                ranks[s : s + len(t)] = target_ranks(scores, t).cpu().numpy()
-                if return_topk:
-                    tops.append((scores.topk(return_topk, dim=1).indices + 1).cpu().numpy())
-    finally:
-        model.train(was)
+    ranked = rank_targets(model, rows, batch_size=batch_size, device=dev, seed=seed,
+                          intents=intents, topk=return_topk)
+    ranks, top = ranked if return_topk else (ranked, None)
     out: dict[str, Any] = metrics_from_ranks(ranks, ks)
     if return_topk:
-        out["topk"] = np.concatenate(tops) if tops else np.zeros((0, return_topk), dtype=np.int64)
+        out["topk"] = top
     return out

@@ -9,10 +9,13 @@ Layout of a checkpoint directory (``<run>/checkpoint/``)::
     <tag>/model.safetensors
     <tag>/optimizer.safetensors
     <tag>/rng.safetensors
+    <tag>/best.safetensors  # the weights of the best validated epoch so far (if any)
 
 A new checkpoint is written into a fresh ``<tag>`` folder, then ``state.json`` is replaced
 atomically (``os.replace``) to point at it, then older folders are deleted. A crash at any point
-leaves either the previous or the new checkpoint readable, never a mix.
+leaves either the previous or the new checkpoint readable, never a mix. The best weights travel
+inside the checkpoint, so they always belong to the committed state; the trainer writes the run's
+``model.safetensors`` only when training has finished.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from dreamrec.errors import ArtifactError
 
 STATE_FILE = "state.json"
+BEST_FILE = "best.safetensors"
 CHECKPOINT_FORMAT = 1
 
 
@@ -194,14 +198,20 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     rng: np.random.Generator,
+    *,
+    best_is_current: bool = False,
 ) -> Path:
     """Write a resumable checkpoint into ``directory`` atomically (see the module docstring).
+
+    ``best_is_current``: the model's current weights are the new best (``best.safetensors``);
+    otherwise the previous checkpoint's best weights, if any, are carried over.
 
     ``state`` holds the trainer's JSON-serialisable scalars (epoch, best metric, history, ...);
     the optimizer's param groups and the NumPy generator's ``bit_generator.state`` are added.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    previous_best = best_weights_path(directory)
     tag = f"epoch-{int(state.get('epoch', 0)):05d}-{uuid.uuid4().hex[:8]}"
     sub = directory / f".{tag}.tmp"
     sub.mkdir()
@@ -210,6 +220,10 @@ def save_checkpoint(
         opt_tensors, opt_meta = optimizer_to_parts(optimizer)
         save_file(opt_tensors, str(sub / "optimizer.safetensors"))
         save_file(rng_tensors(), str(sub / "rng.safetensors"))
+        if best_is_current:
+            _link_or_copy(sub / "model.safetensors", sub / BEST_FILE)
+        elif previous_best is not None:
+            _link_or_copy(previous_best, sub / BEST_FILE)
         os.replace(sub, directory / tag)
     except BaseException:
         shutil.rmtree(sub, ignore_errors=True)
@@ -226,6 +240,26 @@ def save_checkpoint(
         if p.is_dir() and p.name != tag:
             shutil.rmtree(p, ignore_errors=True)
     return directory
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def best_weights_path(directory: str | Path) -> Path | None:
+    """The committed checkpoint's best weights (``<tag>/best.safetensors``), or None."""
+    state_file = Path(directory) / STATE_FILE
+    if not state_file.is_file():
+        return None
+    try:
+        tag = json.loads(state_file.read_text())["tensors"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
+    path = Path(directory) / tag / BEST_FILE
+    return path if path.is_file() else None
 
 
 def has_checkpoint(directory: str | Path) -> bool:

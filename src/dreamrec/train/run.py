@@ -85,6 +85,8 @@ def train_run(
         raise ArtifactError(f"{out_dir}: --resume given but there is no checkpoint/ to resume from")
     if not resume and (out_dir / "model.safetensors").exists():
         raise ArtifactError(f"{out_dir}: already holds a trained run; use --resume or another --out")
+    if not resume and (out_dir / "checkpoint").exists():
+        raise ArtifactError(f"{out_dir}: holds an unfinished run (checkpoint/); use --resume or another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     run_info = {

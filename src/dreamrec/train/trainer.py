@@ -35,6 +35,7 @@ from dreamrec.eval.evaluate import evaluate
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.train.checkpoint import (
+    best_weights_path,
     has_checkpoint,
     load_checkpoint,
     load_weights,
@@ -220,7 +221,6 @@ def train(
             current = val[config.val_metric]
             if state["best_value"] is None or current > state["best_value"]:
                 state.update(best_value=current, best_epoch=epoch, best_val=val)
-                save_weights(model, weights_path)
                 entry["best"] = True
             state["bad_epochs"] = epoch - state["best_epoch"]
             if state["bad_epochs"] >= config.patience:
@@ -231,12 +231,13 @@ def train(
         state["history"].append(entry)
         _append_log(log_path, entry)
         say(_summary(entry, config.val_metric) + (" | early stop" if state["stopped_early"] else ""))
-        save_checkpoint(ckpt_dir, model, optimizer, state, rng)
+        save_checkpoint(ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")))
 
-    if weights_path.is_file() and state["best_value"] is not None:
-        load_weights(model, weights_path)
-    else:  # never validated (epochs == 0): the current weights are the result
-        save_weights(model, weights_path)
+    best = best_weights_path(ckpt_dir) if state["best_value"] is not None else None
+    if best is not None:
+        load_weights(model, best)
+    # else never validated (epochs == 0): the current weights are the result
+    save_weights(model, weights_path)  # written once, after training: a crash leaves no stale weights
     return TrainResult(
         best_epoch=state["best_epoch"],
         best_val=state["best_val"],
