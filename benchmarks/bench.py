@@ -38,8 +38,13 @@ def run_variant(
     overrides: list[str] | None = None,
     variant: str | None = None,
     progress: bool = False,
+    reuse: list[tuple[Path, str]] | None = None,
 ) -> dict[str, Any]:
-    """Train ``config_path`` once per seed on ``data_dir`` and write the aggregated result JSON."""
+    """Train ``config_path`` once per seed on ``data_dir`` and write the aggregated result JSON.
+
+    ``reuse``: (seeds folder, variant) pairs whose finished seeds may stand in for this variant's
+    when their resolved config is the same (e.g. the search run of dreamrec_table1.py); a reused
+    seed is copied under this variant's name."""
     ds = PreparedDataset.load(data_dir)
     raw = apply_overrides(load_yaml(config_path), overrides or [])
     variant = variant or config_path.stem
@@ -50,6 +55,16 @@ def run_variant(
         resolved = resolve(cfg, ds)[0].model_dump(mode="json")
         seed_file = results_dir / "seeds" / f"{dataset_name}__{variant}__seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.exists() else None
+        if done is None or _cache_key(done["config"]) != _cache_key(resolved):
+            for folder, other in reuse or []:
+                f = folder / f"{dataset_name}__{other}__seed{seed}.json"
+                cand = json.loads(f.read_text()) if f.exists() else None
+                if cand is not None and _cache_key(cand["config"]) == _cache_key(resolved):
+                    print(f"reusing {f} as {seed_file.name}")
+                    seed_file.parent.mkdir(parents=True, exist_ok=True)
+                    seed_file.write_text(json.dumps(cand, indent=2))
+                    done = cand
+                    break
         if done is None or _cache_key(done["config"]) != _cache_key(resolved):
             out = runs_dir / dataset_name / variant / f"seed{seed}"
             if out.exists():

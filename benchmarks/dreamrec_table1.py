@@ -9,7 +9,8 @@ Stage 1 trains one model per T (seed 0; ``benchmarks/bench.run_variant`` with va
 that same model: w only enters at sampling time (training drops the condition with probability
 ``p_uncond``, so any w can be applied at inference). The (T, w) with the best validation HR@20
 wins (ties: smaller T, then smaller w). Stage 2 trains the chosen T for every seed with the
-chosen w (``{variant}-T{T}-w{w}``; model selection and test at that w) and writes one result JSON
+chosen w (``{variant}-T{T}-w{w}``; model selection and test at that w; the search run is reused as
+seed 0 when its resolved config is the same, i.e. when the chosen w is the config's) and writes one result JSON
 in the report schema to ``benchmarks/results/``; the whole grid goes to
 ``benchmarks/results/dreamrec_search/zhihu__dreamrec__{variant}.json``.
 
@@ -146,7 +147,8 @@ def main() -> None:
     print(f"== {name}: {len(args.seeds)} seeds", flush=True)
     rec = run_variant(dataset_name=dataset, data_dir=data_dir, config_path=args.base, seeds=args.seeds,
                       runs_dir=runs_dir, results_dir=results, variant=name,
-                      overrides=[*overrides, f"timesteps={T}", f"guidance_w={w}"])
+                      overrides=[*overrides, f"timesteps={T}", f"guidance_w={w}"],
+                      reuse=[(results / "dreamrec_search" / "seeds", f"{args.variant}-search-T{T}")])
     rec["search"] = {"T": args.T, "w": args.w, "selected": found["selected"], "selection": found["selection"],
                      "file": f"dreamrec_search/{dataset}__dreamrec__{args.variant}.json"}
     path = write_record(rec, results)
