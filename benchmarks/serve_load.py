@@ -6,7 +6,7 @@ from an httpx client with each ``--concurrency`` level, stops the server and wri
 ``benchmarks/results/serve/<model>.json``; then regenerates ``benchmarks/SERVING.md``. Bounded: it
 stops by itself after ``len(runs) * len(concurrency) * requests`` requests.
 
-    python benchmarks/serve_load.py                       # trains popularity + sasrec on synthetic data
+    python benchmarks/serve_load.py                       # trains popularity, sasrec, dreamrec on synthetic data
     python benchmarks/serve_load.py runs/dreamrec runs/sasrec --requests 2000
 """
 from __future__ import annotations
@@ -49,7 +49,8 @@ def _free_port() -> int:
 
 
 def train_synthetic_runs(out: Path, seed: int = 0) -> list[Path]:
-    """Train popularity and a small SASRec on synthetic data (2,000 users, 500 items) into ``out``."""
+    """Train popularity, a small SASRec and DreamRec (library defaults: DDIM-10 sampler) on synthetic
+    data (2,000 users, 500 items) into ``out``."""
     sys.path.insert(0, str(SRC))
     from dreamrec.config import RunConfig, TrainConfig
     from dreamrec.data.synthetic import SyntheticConfig, generate
@@ -58,7 +59,7 @@ def train_synthetic_runs(out: Path, seed: int = 0) -> list[Path]:
     ds = generate(SyntheticConfig(seed=seed)).dataset
     data_dir = ds.save(out / "data")
     runs = []
-    for name, params in (("popularity", {}), ("sasrec", {"hidden": 64, "n_layers": 2})):
+    for name, params in (("popularity", {}), ("sasrec", {"hidden": 64, "n_layers": 2}), ("dreamrec", {})):
         cfg = RunConfig(model=name, params=params, train=TrainConfig(epochs=3, seed=seed, threads=1))
         train_run(cfg, data_dir, out / name, progress=False, log=None, dataset=ds)
         runs.append(out / name)
@@ -199,7 +200,7 @@ def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="*", type=Path, help="run directories (default: train popularity + sasrec)")
+    p.add_argument("runs", nargs="*", type=Path, help="run directories (default: train popularity, sasrec and dreamrec)")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])

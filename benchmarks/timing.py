@@ -1,7 +1,7 @@
 """Training and evaluation speed of DreamRec and SASRec on Zhihu, on this machine, in one process.
 
     python benchmarks/timing.py --zhihu DIR [--models dreamrec sasrec] [--device cpu] [--threads N]
-        [--samplers config ddpm onestep] [--batches 50] [--warmup 5] [--repeat 3] [--quick]
+        [--samplers config ddpm onestep] [--batches 50] [--warmup 5] [--repeat 3] [--set key=value ...] [--quick]
 
 For each model (built from its config, initial weights: speed does not depend on them):
 
@@ -10,7 +10,8 @@ For each model (built from its config, initial weights: speed does not depend on
   gradient clipping, step) after ``--warmup`` steps; also the implied seconds per epoch;
 * evaluation sequences per second: ``evaluate`` on the whole test split (full ranking), best of
   ``--repeat``; DreamRec at its configured sampler and at each extra ``--samplers`` entry
-  (``ddpm`` = all T steps, ``ddim:S``, ``onestep``).
+  (``ddpm`` = all T steps, ``ddim:S``, ``onestep``); the first ``--samplers`` entry is the one
+  compared with SASRec. ``--set`` overrides DreamRec's config (e.g. the T chosen by Table 1).
 
 Writes ``benchmarks/results/timing/{dataset}.json`` and ``benchmarks/TIMING.md`` (``--quick``:
 synthetic data, written to runs/quick/timing). Configs: ``configs/dreamrec/zhihu.yaml`` and
@@ -127,9 +128,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS / "timing")
     ap.add_argument("--md", type=Path, default=ROOT / "TIMING.md")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="DreamRec key=value overrides (e.g. timesteps=200)")
     ap.add_argument("--quick", action="store_true", help="synthetic data, few batches, written to runs/quick/timing")
     args = ap.parse_args()
-    overrides = [f"train.device={args.device}"]
+    overrides = [f"train.device={args.device}", *args.overrides]
     if args.quick:
         dataset, data_dir = "synthetic", quick_data(QUICK_DIR)
         args.out, args.md = QUICK_DIR / "timing", QUICK_DIR / "timing" / "TIMING.md"

@@ -10,6 +10,7 @@ import torch
 
 from dreamrec.config import TrainConfig, build_run_config, load_yaml
 from dreamrec.data.batching import Batch
+from dreamrec.errors import ConfigError
 from dreamrec.eval.evaluate import evaluate
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.dreamrec import DreamRec
@@ -61,8 +62,14 @@ def test_registered_and_config_defaults() -> None:
     assert MODELS["dreamrec"] is DreamRec and DreamRec.batch_mode == "pairs"
     model = build_model("dreamrec", 500, 10)
     cfg = model.config
-    assert (cfg.hidden, cfg.p_uncond, cfg.guidance_w, cfg.beta_schedule, cfg.sampler) == (64, 0.1, 2.0, "exp", "ddpm")
-    assert len(model.scheduler.timesteps) == cfg.timesteps  # Algorithm 2: all T steps by default
+    assert (cfg.hidden, cfg.p_uncond, cfg.guidance_w, cfg.beta_schedule, cfg.sampler) == (64, 0.1, 2.0, "exp", "ddim")
+    assert cfg.sampler_steps == 10 and len(model.scheduler.timesteps) == 10  # the fast default: DDIM-10
+    short = build_model("dreamrec", 20, 5, {"timesteps": 4})  # the default S on a shorter chain: every step
+    assert short.config.sampler_steps == 4 and len(short.scheduler.timesteps) == 4
+    with pytest.raises(ConfigError, match="sampler_steps .20. exceeds timesteps .4."):
+        build_model("dreamrec", 20, 5, {"timesteps": 4, "sampler_steps": 20})
+    paper = build_model("dreamrec", 20, 5, {"sampler": "ddpm", "sampler_steps": None})
+    assert len(paper.scheduler.timesteps) == paper.config.timesteps  # Algorithm 2: all T steps
     std = float(model.item_embedding.weight[1:].detach().std())
     assert 0.9 < std < 1.1  # N(0, 1) item table, as the authors
     assert torch.equal(model.item_embedding.weight[0], torch.zeros(64))
@@ -96,7 +103,7 @@ def test_generation_is_one_guided_call_per_step_and_seeded() -> None:
     model.denoiser.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[0]))
     h = histories()
     a = model.score(h)
-    assert sizes == [12] * 20  # T steps, each one call on 2B rows
+    assert sizes == [12] * 10  # S = 10 steps (the default DDIM-10), each one call on 2B rows
     torch.manual_seed(5)
     b = model.score(h)
     torch.manual_seed(5)
