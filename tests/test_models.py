@@ -261,3 +261,31 @@ def test_empty_history_query_is_learned_not_zero():
     scores = model.score(torch.zeros(1, 5, dtype=torch.long))[0]
     assert torch.isfinite(scores).all()
     assert scores.argsort(descending=True)[:2].tolist() == [6, 2]  # items 7 then 3 (column = id - 1)
+
+
+@pytest.mark.parametrize("n_layers,n_heads", [(1, 1), (2, 2)])
+def test_last_hidden_equals_the_last_column_of_forward(n_layers: int, n_heads: int) -> None:
+    """``last_hidden`` computes only the last query of the last block: same values and gradients
+    as ``forward(h)[:, -1]`` (eval mode, so no dropout), empty and wide histories included."""
+    from dreamrec.nn.encoders import TransformerEncoder
+
+    torch.manual_seed(0)
+    enc = TransformerEncoder(40, 6, hidden=16, n_layers=n_layers, n_heads=n_heads, dropout=0.3)
+    with torch.no_grad():
+        enc.empty_state.normal_()
+    enc.eval()
+    h = torch.randint(1, 41, (5, 8))  # wider than max_len: cut to the last 6 columns
+    h[0] = 0  # empty history
+    h[1, :6] = 0  # two items
+    h[2, :-1] = 0  # one item
+    a = enc.last_hidden(h)
+    b = enc(h)[:, -1]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a[0], enc.empty_state.detach())
+    ga = torch.autograd.grad(a.square().sum(), list(enc.parameters()), allow_unused=True)
+    gb = torch.autograd.grad(enc(h)[:, -1].square().sum(), list(enc.parameters()), allow_unused=True)
+    for x, y in zip(ga, gb):
+        if x is None or y is None:
+            assert (x is None or not x.any()) and (y is None or not y.any())
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)

@@ -30,6 +30,19 @@ def valid_mask(history: torch.Tensor) -> torch.Tensor:
     return history > 0
 
 
+_CAUSAL: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _causal_with_diagonal(L: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower-triangular ``[L, L]`` mask, identity ``[L, L]``), built once per (L, device)."""
+    key = (L, str(device))
+    if key not in _CAUSAL:
+        _CAUSAL[key] = torch.stack([torch.ones(L, L, dtype=torch.bool, device=device).tril(),
+                                    torch.eye(L, dtype=torch.bool, device=device)])
+    both = _CAUSAL[key]
+    return both[0], both[1]
+
+
 def attention_mask(history: torch.Tensor) -> torch.Tensor:
     """``[B, 1, L, L]`` bool mask (True = may attend) for causal attention over a padded history.
 
@@ -37,9 +50,7 @@ def attention_mask(history: torch.Tensor) -> torch.Tensor:
     diagonal is always allowed, so a padded query (in particular every query of an all-padding
     row) still has one key and the softmax never sees a fully masked row (which would give NaN).
     """
-    L = history.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=history.device).tril()
-    eye = torch.eye(L, dtype=torch.bool, device=history.device)
+    causal, eye = _causal_with_diagonal(history.shape[1], history.device)
     keys = valid_mask(history)[:, None, None, :]  # [B, 1, 1, L]
     return (causal & keys) | eye
 
@@ -69,6 +80,21 @@ class MultiHeadSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The output at the last position only, ``[B, 1, D]``: the same as ``forward(x, mask)[:, -1:]``
+        (``mask`` is the full ``[B, 1, L, L]`` mask) without computing the other queries."""
+        B, L, D = x.shape
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, -1:], w[:D], b[:D]).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = F.linear(x, w[D:], b[D:]).view(B, L, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        last = mask[:, :, -1:, :]  # [B, 1, 1, L]
+        if self.training and self.attn_dropout > 0:
+            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+            y = self.attn_drop(torch.softmax(logits.masked_fill(~last, float("-inf")), dim=-1)) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=last)
+        return self.out(y.transpose(1, 2).reshape(B, 1, D))
 
 
 class FeedForward(nn.Module):
@@ -107,6 +133,11 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.dropout(self.attn(x, mask)))
         return self.norm2(x + self.dropout(self.ffn(x)))
+
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(x, mask)[:, -1:]`` computed for the last position only (``[B, 1, D]``)."""
+        y = self.norm1(x[:, -1:] + self.dropout(self.attn.forward_last(x, mask)))
+        return self.norm2(y + self.dropout(self.ffn(y)))
 
 
 class TransformerEncoder(nn.Module):
@@ -168,8 +199,8 @@ class TransformerEncoder(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` history -> ``[B, L, hidden]`` states (``empty_state`` at padded positions)."""
+    def _embed(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs of the first block (SASRec Eq. 1), the ``[B, L, 1]`` validity and the attention mask."""
         if history.shape[1] > self.max_len:
             history = history[:, -self.max_len :]
         L = history.shape[1]
@@ -177,15 +208,29 @@ class TransformerEncoder(nn.Module):
         positions = torch.arange(self.max_len - L, self.max_len, device=history.device)
         # SASRec Eq. (1): E = item embedding + learned positional embedding
         x = self.item_embedding(history) + self.position_embedding(positions)[None]
-        x = self.emb_dropout(self.emb_norm(x)) * valid
-        mask = attention_mask(history)
+        return self.emb_dropout(self.emb_norm(x)) * valid, valid, attention_mask(history)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` history -> ``[B, L, hidden]`` states (``empty_state`` at padded positions)."""
+        x, valid, mask = self._embed(history)
         for block in self.blocks:
             x = block(x, mask) * valid
         return with_empty_state(x, valid, self.empty_state)
 
     def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` -> ``[B, hidden]``: the state at the most recent position (learned if empty)."""
-        return self.forward(history)[:, -1]
+        """``[B, L]`` -> ``[B, hidden]``: the state at the most recent position (learned if empty).
+
+        Equal to ``forward(history)[:, -1]``, but the last block computes only that position (its
+        keys and values still come from every position): the other queries of the last block are
+        never read, which makes a one-block encoder (DreamRec's) about twice as fast."""
+        x, valid, mask = self._embed(history)
+        for block in self.blocks[:-1]:
+            x = block(x, mask) * valid
+        if len(self.blocks):
+            x = self.blocks[-1].forward_last(x, mask) * valid[:, -1:]
+        else:
+            x = x[:, -1:]
+        return with_empty_state(x, valid[:, -1:], self.empty_state)[:, 0]
 
 
 def with_empty_state(x: torch.Tensor, valid: torch.Tensor, empty_state: torch.Tensor) -> torch.Tensor:

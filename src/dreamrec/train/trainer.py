@@ -74,10 +74,11 @@ def metric_ks(val_metric: str) -> tuple[int, ...]:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over the trainable parameters, with torch's fused kernel (one multi-tensor
+    update per step instead of a loop of small ops per parameter; the same update rule)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def batches(
