@@ -27,6 +27,20 @@ def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "threads"}}
 
 
+def _resumable(out: Path, resolved: dict[str, Any]) -> bool:
+    """True when ``out`` holds an unfinished run (a checkpoint, no final weights) of the same config:
+    an interrupted benchmark then continues where it stopped (``seconds`` counts this sitting only)."""
+    import yaml
+
+    if not (out / "checkpoint" / "state.json").is_file() or (out / "model.safetensors").exists():
+        return False
+    try:
+        old = yaml.safe_load((out / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(old, dict) and "train" in old and _cache_key(old) == _cache_key(resolved)
+
+
 def run_variant(
     *,
     dataset_name: str,
@@ -67,10 +81,13 @@ def run_variant(
                     break
         if done is None or _cache_key(done["config"]) != _cache_key(resolved):
             out = runs_dir / dataset_name / variant / f"seed{seed}"
-            if out.exists():
+            resume = _resumable(out, resolved)
+            if out.exists() and not resume:
                 shutil.rmtree(out)
+            if resume:
+                print(f"resuming the unfinished run in {out}")
             t = time.time()
-            m = train_run(cfg, data_dir, out, progress=progress, log=print, dataset=ds)
+            m = train_run(cfg, data_dir, out, resume=resume, progress=progress, log=print, dataset=ds)
             done = {"config": resolved, "seconds": time.time() - t, "best_epoch": m["best_epoch"],
                     "val": m["val"], "test": m["test"], "machine": machine(), "command": command_line(),
                     "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
