@@ -72,14 +72,15 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.out(self._attend(q, k, v, mask).transpose(1, 2).reshape(B, L, D))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``softmax(Q K^T / sqrt(d)) V`` per head, with attention dropout while training."""
         if self.training and self.attn_dropout > 0:
             # explicit softmax(QK^T / sqrt(d)) V so the attention dropout uses the fast mask
             logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-            weights = self.attn_drop(torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1))
-            y = weights @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(B, L, D))
+            return self.attn_drop(torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The output at the last position only, ``[B, 1, D]``: the same as ``forward(x, mask)[:, -1:]``
@@ -88,12 +89,7 @@ class MultiHeadSelfAttention(nn.Module):
         w, b = self.qkv.weight, self.qkv.bias
         q = F.linear(x[:, -1:], w[:D], b[:D]).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = F.linear(x, w[D:], b[D:]).view(B, L, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        last = mask[:, :, -1:, :]  # [B, 1, 1, L]
-        if self.training and self.attn_dropout > 0:
-            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-            y = self.attn_drop(torch.softmax(logits.masked_fill(~last, float("-inf")), dim=-1)) @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=last)
+        y = self._attend(q, k, v, mask[:, :, -1:, :])  # the last query's row of the mask
         return self.out(y.transpose(1, 2).reshape(B, 1, D))
 
 
