@@ -23,8 +23,10 @@ RESULTS = ROOT / "results"
 
 
 def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config without the settings that do not change results (thread count)."""
-    return {**config, "train": {k: v for k, v in config["train"].items() if k != "threads"}}
+    """A resolved config without the settings that say where it ran, not what it computes (thread
+    count, device): a seed trained on a GPU stands in for the same config on a CPU. Each seed file
+    keeps its ``machine`` and resolved ``device``, and the tables say which rows ran where."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("threads", "device")}}
 
 
 def _resumable(out: Path, resolved: dict[str, Any]) -> bool:
@@ -62,7 +64,7 @@ def run_variant(
     ds = PreparedDataset.load(data_dir)
     raw = apply_overrides(load_yaml(config_path), overrides or [])
     variant = variant or config_path.stem
-    test, val, secs = [], [], []
+    test, val, secs, seed_runs = [], [], [], []
     resolved: dict[str, Any] = {}
     for seed in seeds:
         cfg = build_run_config(apply_overrides(raw, [f"train.seed={seed}"]), str(config_path))
@@ -96,6 +98,7 @@ def run_variant(
         else:
             print(f"reusing {seed_file.name}")
         secs.append(done["seconds"])
+        seed_runs.append({"seed": seed, **{k: done.get(k) for k in ("machine", "command", "date")}})
         test.append(done["test"])
         val.append(done["val"])
         print(json.dumps({"variant": variant, "seed": seed, "best_epoch": done["best_epoch"],
@@ -106,6 +109,9 @@ def run_variant(
         dataset=dataset_name, protocol=ds.protocol, model=raw.get("model", "?"), variant=variant,
         config=resolved, seeds=seeds, test=test, val=val, seconds=secs,
     )
+    # where each seed was trained (a cached seed may come from another machine, e.g. a GPU queue run)
+    rec["machine"] = "; ".join(sorted({str(r["machine"]) for r in seed_runs if r["machine"]})) or rec["machine"]
+    rec["seed_runs"] = seed_runs
     write_record(rec, results_dir)
     return rec
 

@@ -6,8 +6,8 @@
 Protocol: the DiffuRec leave-one-out split, full ranking over all items, history window 50 for
 EVERY model (DiffuRec's max_len, also the window of benchmarks/baselines.py), test
 HR@5/10/20 and NDCG@5/10/20 as mean ± std over the seeds, with validation NDCG@20 early stopping.
-Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/baselines/<dataset>/), DreamRec (the Zhihu
-config with the window set to 50), DiffuRec and the three DiffuRecSys variants
+Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/baselines/<dataset>/), DreamRec (the paper's
+method, configs/dreamrec/loo.yaml, and our ce-onestep variant, loo-ce-onestep.yaml), DiffuRec and the three DiffuRecSys variants
 (configs/diffurec/<dataset>-*.yaml). Each seed is cached (benchmarks/bench.py); the generated
 table goes to benchmarks/results/diffurec_loo.md beside the published HR@20.
 
@@ -20,6 +20,7 @@ folder as benchmarks/baselines.py, so a baseline seed trained by either script i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -41,18 +42,25 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
     """(variant name, config, overrides) in table order."""
     base = CONFIGS / "baselines" / dataset
     out = [(stem, base / f"{stem}.yaml", []) for stem in ("sasrec-ce", "gru4rec", "caser", "cl4srec")]
-    out.append(("dreamrec", CONFIGS / "dreamrec" / "zhihu.yaml", [f"train.max_len={WINDOW}"]))
+    out += [("dreamrec", CONFIGS / "dreamrec" / "loo.yaml", []),
+            ("dreamrec-ce-onestep", CONFIGS / "dreamrec" / "loo-ce-onestep.yaml", [])]
     out += [(v, CONFIGS / "diffurec" / f"{dataset}-{v}.yaml", [])
             for v in ("diffurec", "diffurecsys-xattn", "diffurecsys-xattn-offset")]
     return out
+
+
+def ran_on(rec: dict[str, Any]) -> str:
+    """"GPU", "CPU" or "CPU+GPU" from the machines the seeds were trained on."""
+    kinds = {"GPU" if ("NVIDIA" in m or "cuda" in m.lower()) else "CPU" for m in str(rec.get("machine", "")).split("; ")}
+    return "+".join(sorted(kinds))
 
 
 def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], names: list[str]) -> str:
     lines = [f"Leave-one-out, full ranking, history window {WINDOW}, test split, mean ± std over seeds (%).", ""]
     for ds in datasets:
         lines += [f"### {ds} (window {WINDOW}; result files {ds}__*.json)", "",
-                  "| model | " + " | ".join(METRICS) + " | published HR@20 |",
-                  "|---|" + "---|" * (len(METRICS) + 1)]
+                  "| model | " + " | ".join(METRICS) + " | published HR@20 | seeds | ran on |",
+                  "|---|" + "---|" * (len(METRICS) + 3)]
         for name in names:
             rec = records.get((ds, name))
             if rec is None:
@@ -60,7 +68,11 @@ def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], n
             m = rec["metrics"]
             cells = [f"{100 * m[k]['mean']:.2f} ± {100 * m[k]['std']:.2f}" for k in METRICS]
             pub = PUBLISHED.get((ds, name))
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if pub is None else f'{pub:.2f}'} |")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if pub is None else f'{pub:.2f}'} | "
+                         f"{len(rec['seeds'])} | {ran_on(rec)} |")
+        missing = [n for n, _, _ in variants(ds) if (ds, n) not in records]
+        if missing:
+            lines += ["", f"Not run yet on {ds}: " + ", ".join(missing) + "."]
         lines.append("")
     return "\n".join(lines)
 
@@ -75,7 +87,8 @@ def quick_data(work: Path) -> dict[str, Path]:
 
 
 QUICK = ["train.epochs=1", "train.eval_every=1", "train.batch_size=256"]
-QUICK_PARAMS = {"diffurec": ["hidden=16", "n_blocks=1", "timesteps=4"], "dreamrec": ["hidden=16", "timesteps=10"]}
+QUICK_PARAMS = {"diffurec": ["hidden=16", "n_blocks=1", "timesteps=4"], "dreamrec": ["hidden=16", "timesteps=10"],
+                "dreamrec-ce-onestep": ["hidden=16", "timesteps=10"]}
 
 
 def main() -> None:
@@ -87,6 +100,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/bench"), help="prepared data and run directories")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra key=value overrides")
     ap.add_argument("--quick", action="store_true", help="one epoch of tiny models on synthetic data (a smoke test)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="train nothing: regenerate the table from the result files already written")
     ap.add_argument("--results", type=Path, default=RESULTS, help="result JSON folder (default benchmarks/results)")
     args = ap.parse_args()
 
@@ -101,22 +116,29 @@ def main() -> None:
         for name, src in (("beauty", args.beauty), ("ml-1m", args.ml1m)):
             if src is None:
                 continue
-            data_dirs[name] = ensure_prepared(src, "diffurec", WINDOW, args.work / "data" / name)
-    records: dict[tuple[str, str], dict[str, Any]] = {}
-    names: list[str] = []
+            data_dirs[name] = (src if args.table_only else
+                               ensure_prepared(src, "diffurec", WINDOW, args.work / "data" / name))
     for ds, data_dir in data_dirs.items():
         for name, cfg, overrides in variants(ds):
-            if args.variants and name not in args.variants:
+            if args.table_only or (args.variants and name not in args.variants):
                 continue
-            names.append(name) if name not in names else None
             extra = list(overrides) + args.overrides
             if args.quick:
                 model = "diffurec" if "diffurec" in name else name
                 extra += QUICK + QUICK_PARAMS.get(model, [])
             print(f"== {ds} / {name}", flush=True)
-            records[(ds, name)] = run_variant(dataset_name=ds, data_dir=data_dir, config_path=cfg,
+            run_variant(dataset_name=ds, data_dir=data_dir, config_path=cfg,
                                               seeds=args.seeds, runs_dir=args.work / "runs", results_dir=results_dir,
                                               overrides=extra, variant=name)
+    # the table holds every variant with a result file, also those run by earlier invocations
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    names: list[str] = []
+    for ds in data_dirs:
+        for name, _, _ in variants(ds):
+            files = sorted(results_dir.glob(f"{ds}__*__{name}.json"))
+            if files:
+                records[(ds, name)] = json.loads(files[0].read_text())
+                names.append(name) if name not in names else None
     text = table(records, list(data_dirs), names)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")

@@ -14,7 +14,10 @@
   (:func:`dreamrec.eval.coldstart.cold_start_split`), HR@20 on test rows whose target is cold,
   against popularity and a random ranking.
 
-Writes ``benchmarks/results/idreamrec_ml1m/{name}.json``. ``--quick`` runs everything on small
+Each finished seed is written to ``benchmarks/results/idreamrec_ml1m/{name}.seed{s}.json`` (so seeds can
+run as parallel processes, ``--seeds 1``), and the seeds asked for are aggregated into ``{name}.json``;
+``--merge`` only aggregates the per-seed files already there. ``--set key=value ...`` overrides the config
+(e.g. ``train.device=cuda``). ``--quick`` runs everything on small
 synthetic data (intention = the target topic's words, hashing text encoder) into runs/quick/idreamrec.
 """
 from __future__ import annotations
@@ -127,6 +130,8 @@ def main() -> None:
     ap.add_argument("--name", default="ml-1m")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "idreamrec_ml1m")
     ap.add_argument("--runs", type=Path, default=ROOT.parent / "runs" / "idreamrec_ml1m")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="config overrides key=value")
+    ap.add_argument("--merge", action="store_true", help="aggregate the per-seed files already written; train nothing")
     ap.add_argument("--quick", action="store_true", help="small synthetic data, hashing encoder, 1 seed")
     args = ap.parse_args()
     if args.threads:
@@ -146,11 +151,29 @@ def main() -> None:
             ap.error("--data is required (or --quick)")
         dataset = PreparedDataset.load(args.data)
         raw, seeds, name = load_yaml(args.config), args.seeds, args.name
-    per_seed = [run_seed(dataset, raw, s, args.runs, args.quick, topic) for s in seeds]
-    record = {"dataset": name, "protocol": dataset.protocol, "config": raw, "seeds": seeds, "per_seed": per_seed,
-              **aggregate(per_seed), "machine": machine(), "command": command_line(),
-              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    raw = apply_overrides(raw, args.overrides)
     args.out.mkdir(parents=True, exist_ok=True)
+    per_seed = []
+    for s in seeds:
+        seed_file = args.out / f"{name}.seed{s}.json"
+        if args.merge:
+            if not seed_file.exists():
+                raise SystemExit(f"--merge: {seed_file} is missing (run that seed first)")
+            per_seed.append(json.loads(seed_file.read_text()))
+            continue
+        res = run_seed(dataset, raw, s, args.runs, args.quick, topic)
+        res.update({"config": raw, "machine": machine(), "command": command_line(),
+                    "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+        seed_file.write_text(json.dumps(res, indent=2, default=float))
+        per_seed.append(res)
+    if args.merge:
+        raw = per_seed[0]["config"]
+    record = {"dataset": name, "protocol": dataset.protocol, "config": raw, "seeds": seeds, "per_seed": per_seed,
+              **aggregate(per_seed),
+              "machine": "; ".join(sorted({str(r.get("machine", machine())) for r in per_seed})),
+              "command": command_line() if not args.merge else "; ".join(
+                  sorted({str(r.get("command", "?")) for r in per_seed})) + f" (merged by {command_line()})",
+              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     path = args.out / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, default=float))
     print(f"wrote {path}")

@@ -334,3 +334,32 @@ def test_ddim_eta_above_one_is_rejected_by_every_config() -> None:
             with pytest.raises(ValidationError, match="ddim_eta"):
                 Config(ddim_eta=bad)
         assert Config(ddim_eta=1.0).ddim_eta == 1.0
+
+
+def test_loss_with_one_table_lookup_equals_separate_lookups() -> None:
+    """The loss looks up history and targets in one call; value and gradients equal the plain
+    Algorithm 1 path (target rows and the encoder's own lookup), dropout and noise under one seed."""
+    from dreamrec.diffusion.guidance import drop_condition
+    from dreamrec.models.dreamrec import x0_loss
+
+    torch.manual_seed(0)
+    model = DreamRec(30, 6, DreamRec.Config(hidden=16, timesteps=20, dropout=0.3, p_uncond=0.3))
+    model.train()
+    history = torch.randint(0, 31, (8, 6))
+    target = torch.randint(1, 31, (8,))
+    batch = Batch(history, target)
+    torch.manual_seed(7)
+    got = model.loss(batch)
+    g_got = torch.autograd.grad(got, list(model.parameters()), allow_unused=True)
+    torch.manual_seed(7)
+    x0 = model.item_embedding(target)
+    c = drop_condition(model.encoder.last_hidden(history), model.null_condition, 0.3)
+    t = model.scheduler.sample_timesteps(8, device=x0.device)
+    x_t = model.scheduler.add_noise(x0, torch.randn_like(x0), t)
+    want = x0_loss(model.denoiser(x_t, t, c), x0, "mse")
+    g_want = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(g_got, g_want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -288,4 +288,36 @@ def test_last_hidden_equals_the_last_column_of_forward(n_layers: int, n_heads: i
         if x is None or y is None:
             assert (x is None or not x.any()) and (y is None or not y.any())
         else:
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_attention_forward_last_with_dropout_matches_explicit_keys_and_values(n_heads: int) -> None:
+    """Training mode: ``forward_last`` (keys and values never formed) equals softmax(q K^T / sqrt(d)),
+    the dropout mask, then times V computed the explicit way; the dropout is replaced by one fixed
+    mask so both sides drop the same weights (the undropped weights no longer sum to one, which
+    the bias term of V must account for)."""
+    from dreamrec.nn.encoders import MultiHeadSelfAttention, attention_mask
+
+    torch.manual_seed(2)
+    B, L, D = 5, 7, 16
+    attn = MultiHeadSelfAttention(D, n_heads, attn_dropout=0.5).train()
+    with torch.no_grad():
+        attn.qkv.bias.normal_()
+    keep = (torch.rand(B, n_heads, L) > 0.5).float() * 2.0
+    class FixedMask(torch.nn.Module):
+        def forward(self, a: torch.Tensor) -> torch.Tensor:
+            return a * keep
+
+    attn.attn_drop = FixedMask()
+    x = torch.randn(B, L, D)
+    h = torch.randint(1, 9, (B, L))
+    h[0, :5] = 0
+    mask = attention_mask(h)
+    got = attn.forward_last(x, mask)[:, 0]
+    hd = D // n_heads
+    q, k, v = attn.qkv(x).view(B, L, 3, n_heads, hd).permute(2, 0, 3, 1, 4)  # [B, H, L, hd] each
+    logits = (q[:, :, -1:] @ k.transpose(-2, -1))[:, :, 0] / hd**0.5  # [B, H, L]
+    a = torch.softmax(logits.masked_fill(~mask[:, :, -1], float("-inf")), dim=-1) * keep
+    want = attn.out((a[..., None] * v).sum(2).reshape(B, D))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ def rank_targets(
     batch_size: int = 1024,
     max_len: int | None = None,
     exclude_seen: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     seed: int = 0,
     intents: Sequence[str | None] | None = None,
     topk: int = 0,
@@ -51,7 +51,10 @@ def rank_targets(
     deterministic; the global RNG state is saved and restored. ``intents`` (one text or None per
     row) is passed to ``model.query(history, intents)`` for models that take an intention (iDreamRec).
     With ``topk > 0`` the result is ``(ranks, top)``, ``top`` the internal ids [N, topk] ranked first.
+    ``device`` defaults to the device of the model's weights.
     """
+    if device is None:
+        device = model_device(model)
     if intents is not None and len(intents) != len(rows):
         raise ValueError(f"got {len(intents)} intents for {len(rows)} rows; give one (or None) per row")
     was_training = model.training
@@ -82,6 +85,15 @@ def rank_targets(
     return ranks
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; the CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def evaluate(
     model: torch.nn.Module,
     rows: SampleRows,
@@ -90,7 +102,7 @@ def evaluate(
     batch_size: int = 1024,
     max_len: int | None = None,
     exclude_seen: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """HR@K, NDCG@K, MRR@K (fractions) and ``n`` over all rows of ``rows``."""

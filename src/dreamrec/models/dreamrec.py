@@ -177,19 +177,25 @@ class DreamRec(SequentialRecommender):
         """The item table: the diffusion targets ``x_0``, the encoder's inputs and the retrieval keys."""
         return self.encoder.item_embedding
 
-    def guidance(self, history: torch.Tensor) -> torch.Tensor:
-        """``c_{n-1} = T-enc(e_{1:n-1})`` [B, d] (Eq. 10; a learned vector for an empty history)."""
+    def guidance(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """``c_{n-1} = T-enc(e_{1:n-1})`` [B, d] (Eq. 10; a learned vector for an empty history).
+        ``item_vectors``: the history's rows of the item table, if already looked up."""
         if history.shape[1] > self.max_len:
             history = history[:, -self.max_len :]
-        return self.encoder.last_hidden(history)
+            item_vectors = None if item_vectors is None else item_vectors[:, -self.max_len :]
+        return self.encoder.last_hidden(history, item_vectors)
 
     # -- training (Algorithm 1) ---------------------------------------------------------------
     def loss(self, batch: Batch) -> torch.Tensor:
         cfg = self.config
-        x0 = self.item_embedding(batch.target)  # e_n^0, gradients flow into the table
+        history = batch.history[:, -self.max_len :]
+        B, L = history.shape
+        # one lookup for the history and the targets e_n^0: a single dense gradient of the table
+        rows = self.item_embedding(torch.cat([history.reshape(-1), batch.target]))
+        x0 = rows[B * L :]  # e_n^0, gradients flow into the table
         if not cfg.target_grad:
             x0 = x0.detach()
-        c = drop_condition(self.guidance(batch.history), self.null_condition, cfg.p_uncond)
+        c = drop_condition(self.guidance(history, rows[: B * L].view(B, L, -1)), self.null_condition, cfg.p_uncond)
         if cfg.train_timesteps == "last":
             t = torch.full((x0.shape[0],), self.scheduler.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
         else:

@@ -84,13 +84,28 @@ class MultiHeadSelfAttention(nn.Module):
 
     def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The output at the last position only, ``[B, 1, D]``: the same as ``forward(x, mask)[:, -1:]``
-        (``mask`` is the full ``[B, 1, L, L]`` mask) without computing the other queries."""
+        (``mask`` is the full ``[B, 1, L, L]`` mask) without computing the other queries.
+
+        With one query per sequence the keys and values need not be formed: per head ``h``,
+        ``q_h . (W_k,h x_j + b_k,h) = (W_k,h^T q_h) . x_j + q_h . b_k,h`` and
+        ``sum_j a_j (W_v,h x_j + b_v,h) = W_v,h (sum_j a_j x_j) + (sum_j a_j) b_v,h``, so the cost is
+        ``O(B L D)`` instead of the ``O(B L D^2)`` of projecting every position (exact algebra; the
+        attention dropout acts on the same ``[B, H, L]`` weights in the same order).
+        """
         B, L, D = x.shape
+        H, hd = self.n_heads, self.head_dim
         w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, -1:], w[:D], b[:D]).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
-        k, v = F.linear(x, w[D:], b[D:]).view(B, L, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = self._attend(q, k, v, mask[:, :, -1:, :])  # the last query's row of the mask
-        return self.out(y.transpose(1, 2).reshape(B, 1, D))
+        q = F.linear(x[:, -1], w[:D], b[:D]).view(B, H, hd)
+        w_k, b_k = w[D : 2 * D].view(H, hd, D), b[D : 2 * D].view(H, hd)
+        w_v, b_v = w[2 * D :].view(H, hd, D), b[2 * D :].view(H, hd)
+        q_x = torch.einsum("bhe,hed->bhd", q, w_k)  # W_k,h^T q_h in input space, [B, H, D]
+        logits = (q_x @ x.transpose(1, 2) + (q * b_k).sum(-1, keepdim=True)) * hd**-0.5  # [B, H, L]
+        a = torch.softmax(logits.masked_fill(~mask[:, :, -1, :], float("-inf")), dim=-1)
+        if self.training and self.attn_dropout > 0:
+            a = self.attn_drop(a)
+        z = a @ x  # sum_j a_j x_j per head, [B, H, D]
+        y = torch.einsum("bhd,hed->bhe", z, w_v) + a.sum(-1, keepdim=True) * b_v  # [B, H, hd]
+        return self.out(y.reshape(B, 1, D))
 
 
 class FeedForward(nn.Module):
@@ -195,15 +210,23 @@ class TransformerEncoder(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def _embed(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inputs of the first block (SASRec Eq. 1), the ``[B, L, 1]`` validity and the attention mask."""
+    def _embed(
+        self, history: torch.Tensor, item_vectors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs of the first block (SASRec Eq. 1), the ``[B, L, 1]`` validity and the attention mask.
+
+        ``item_vectors`` (``[B, L, d]``, optional): ``item_embedding(history)`` already looked up by
+        the caller (DreamRec looks up history and targets in one call: one table gradient, not two)."""
         if history.shape[1] > self.max_len:
             history = history[:, -self.max_len :]
+            item_vectors = None if item_vectors is None else item_vectors[:, -self.max_len :]
         L = history.shape[1]
         valid = valid_mask(history)[..., None].to(self.item_embedding.weight.dtype)
         positions = torch.arange(self.max_len - L, self.max_len, device=history.device)
+        if item_vectors is None:
+            item_vectors = self.item_embedding(history)
         # SASRec Eq. (1): E = item embedding + learned positional embedding
-        x = self.item_embedding(history) + self.position_embedding(positions)[None]
+        x = item_vectors + self.position_embedding(positions)[None]
         return self.emb_dropout(self.emb_norm(x)) * valid, valid, attention_mask(history)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
@@ -213,13 +236,15 @@ class TransformerEncoder(nn.Module):
             x = block(x, mask) * valid
         return with_empty_state(x, valid, self.empty_state)
 
-    def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
+    def last_hidden(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` -> ``[B, hidden]``: the state at the most recent position (learned if empty).
+        ``item_vectors``: see :meth:`_embed`.
 
-        Equal to ``forward(history)[:, -1]``, but the last block computes only that position (its
-        keys and values still come from every position): the other queries of the last block are
-        never read, which makes a one-block encoder (DreamRec's) about twice as fast."""
-        x, valid, mask = self._embed(history)
+        Equal to ``forward(history)[:, -1]``, but the last block computes only that position, and
+        without forming its keys and values (:meth:`MultiHeadSelfAttention.forward_last`): the other
+        queries of the last block are never read, which makes a one-block encoder (DreamRec's)
+        several times cheaper."""
+        x, valid, mask = self._embed(history, item_vectors)
         for block in self.blocks[:-1]:
             x = block(x, mask) * valid
         if len(self.blocks):

@@ -83,21 +83,46 @@ def default_model_path(name: str) -> str:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model (by hub name or local path), L2-normalised outputs."""
+    """A sentence-transformers model (by hub name or local path), L2-normalised outputs.
+
+    The weights load on the first :meth:`encode` (or :attr:`dim` of a model not in
+    :data:`KNOWN_DIMS`), so a :class:`CachedTextEncoder` whose texts are all cached never needs them.
+    """
 
     def __init__(self, name: str = DEFAULT_TEXT_ENCODER, device: str = "cpu", batch_size: int = 256):
         try:
-            from sentence_transformers import SentenceTransformer
+            import sentence_transformers  # noqa: F401
         except ImportError as e:  # pragma: no cover - depends on the optional extra
             raise ImportError(
                 f"text encoder {name!r} needs sentence-transformers: pip install 'dreamrec[text]' "
                 "(or use text_encoder: hashing for a dependency-free encoder)"
             ) from e
         self.name = name
+        self.device = device
         self.batch_size = batch_size
-        self.model = SentenceTransformer(default_model_path(name), device=device)
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        self._model = None
+        self._dim = KNOWN_DIMS.get(name)
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(default_model_path(self.name), device=self.device)
+            get_dim = getattr(self._model, "get_embedding_dimension", None) or (
+                self._model.get_sentence_embedding_dimension)
+            dim = int(get_dim())
+            if self._dim is not None and dim != self._dim:
+                raise ValueError(f"text encoder {self.name!r} outputs {dim} dimensions, expected {self._dim}")
+            self._dim = dim
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.model  # noqa: B018 - loading the model sets the size
+        assert self._dim is not None
+        return self._dim
 
     def encode(self, texts: list[str]) -> np.ndarray:
         emb = self.model.encode(
