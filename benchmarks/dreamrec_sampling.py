@@ -1,9 +1,15 @@
-"""DreamRec accuracy against guidance strength and sampling cost, for one trained run.
+"""Diffusion recommenders' accuracy against sampling cost (and guidance strength), for one trained run.
 
     python benchmarks/dreamrec_sampling.py --run RUN_DIR --data DATA_DIR [--w 0 2 4 6 8 10]
         [--S 1 2 5 10 20 50 100] [--name zhihu] [--threads 1] [--out DIR] [--quick]
 
-Samplers are changed at inference on the loaded model (``DreamRec.set_sampler``), no retraining:
+Works for any model with ``set_sampler`` (DreamRec, DiffuRec / DiffuRecSys); the guidance-strength
+part only for models with a ``guidance_w`` (DreamRec). DiffuRec on Zhihu:
+
+    python benchmarks/dreamrec_sampling.py --run runs/bench/runs/zhihu/zhihu-diffurec/seed0 \
+        --data runs/bench/data/zhihu --name zhihu-diffurec --out benchmarks/results/diffurec_sampling
+
+Samplers are changed at inference on the loaded model (``set_sampler``), no retraining:
 DDPM with all T steps (the paper's Algorithm 2), DDIM (eta 0) with each S <= T, one-step. Each is
 evaluated on BOTH the validation and the test split at the run's w: HR@20 / NDCG@20 of each, and
 the seconds per 1,000 test sequences (CPU seconds of this process and wall seconds). The default
@@ -85,6 +91,17 @@ def plot(result: dict[str, Any], out: Path, name: str) -> list[Path]:
 
     sec = "cpu_s_per_1k" if result["device"] == "cpu" else "wall_s_per_1k"
     sec_label = "CPU" if sec == "cpu_s_per_1k" else "wall"
+    title = {"dreamrec": "DreamRec", "diffurec": "DiffuRec"}.get(result.get("model", "dreamrec"), result.get("model"))
+    if result.get("config", {}).get("cross_attention"):
+        title = "DiffuRecSys (cross-attention)"
+    paths = []
+    if result["w_curves"]:
+        paths.append(_plot_w(result, out, name, title, plt))
+    paths.append(_plot_cost(result, out, name, title, plt, sec, sec_label))
+    return paths
+
+
+def _plot_w(result: dict[str, Any], out: Path, name: str, title: str, plt: Any) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("HR@20", "NDCG@20")):
         for curve, pts in result["w_curves"].items():
@@ -93,13 +110,16 @@ def plot(result: dict[str, Any], out: Path, name: str) -> list[Path]:
         ax.set_ylabel(f"test {metric} (%)")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"DreamRec on {name}: test accuracy vs guidance strength (T={result['T']}; "
+    fig.suptitle(f"{title} on {name}: test accuracy vs guidance strength (T={result['T']}; "
                  f"default sampler chosen on validation)")
     fig.tight_layout()
     p_w = out / f"{name}_w.png"
     fig.savefig(p_w, dpi=120)
     plt.close(fig)
+    return p_w
 
+
+def _plot_cost(result: dict[str, Any], out: Path, name: str, title: str, plt: Any, sec: str, sec_label: str) -> Path:
     pts = result["samplers"]
     x = range(len(pts))
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -109,7 +129,7 @@ def plot(result: dict[str, Any], out: Path, name: str) -> list[Path]:
     ax.axvline(d, color="gray", ls=":", label=f"default (chosen on val HR@20): {result['default']['label']}")
     ax.set_xticks(list(x), [p["label"] for p in pts], rotation=30)
     ax.set_ylabel("test metric (%)")
-    ax.set_xlabel(f"sampler (w={fmt_w(result['w'])})")
+    ax.set_xlabel("sampler" if result["w"] is None else f"sampler (w={fmt_w(result['w'])})")
     ax2 = ax.twinx()
     ax2.bar(x, [p[sec] for p in pts], alpha=0.2, color="C3", label=f"{sec_label} s / 1k seqs")
     ax2.set_yscale("log")
@@ -117,14 +137,14 @@ def plot(result: dict[str, Any], out: Path, name: str) -> list[Path]:
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="center left", fontsize=8)
-    ax.set_title(f"DreamRec on {name}: test accuracy and sampling cost ({result['threads']} thread(s));\n"
+    ax.set_title(f"{title} on {name}: test accuracy and sampling cost ({result['threads']} thread(s));\n"
                  f"default = cheapest within {100 * result['tolerance']:g} % of the best validation HR@20",
                  fontsize=10)
     fig.tight_layout()
     p_c = out / f"{name}_cost.png"
     fig.savefig(p_c, dpi=120)
     plt.close(fig)
-    return [p_w, p_c]
+    return p_c
 
 
 def quick_run(work: Path) -> Path:
@@ -142,7 +162,7 @@ def quick_run(work: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, help="a trained DreamRec run directory")
+    ap.add_argument("--run", type=Path, help="a trained run directory (DreamRec, DiffuRec, ...)")
     ap.add_argument("--data", type=Path, help="its prepared data directory")
     ap.add_argument("--w", type=float, nargs="+", default=[0, 2, 4, 6, 8, 10])
     ap.add_argument("--S", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100])
@@ -166,18 +186,20 @@ def main() -> None:
     ds = PreparedDataset.load(args.data)
     model, splits = run.model, {"val": ds.split("val"), "test": ds.split("test")}
     cfg = model.config
-    T, w_run, bs = cfg.timesteps, cfg.guidance_w, run.config.train.eval_batch_size
+    guided = "guidance_w" in type(cfg).model_fields
+    T, w_run, bs = cfg.timesteps, (cfg.guidance_w if guided else None), run.config.train.eval_batch_size
 
-    def measure(sampler: str, steps: int, w: float) -> dict[str, Any]:
+    def measure(sampler: str, steps: int, w: float | None) -> dict[str, Any]:
         """Metrics on val and test; the seconds per 1,000 sequences are the test split's."""
-        model.set_sampler(sampler, None if sampler == "onestep" else steps, eta=0.0, guidance_w=w)
+        extra = {"guidance_w": w} if guided else {}
+        model.set_sampler(sampler, None if sampler == "onestep" else steps, eta=0.0, **extra)
         ev = {sp: timed_evaluate(model, rows, batch_size=bs, device=args.device, seed=args.eval_seed,
                                  repeat=args.repeat if sp == "test" else 1) for sp, rows in splits.items()}
         r: dict[str, Any] = {"sampler": sampler, "steps": steps, "w": w, "label": label(sampler, steps)}
         for sp, e in ev.items():
             r[sp] = {k: e[k] for k in ("HR@20", "NDCG@20", "metrics", "n")}
         r.update({k: ev["test"][k] for k in ("cpu_s_per_1k", "wall_s_per_1k", "seq_per_s")}, timed_split="test")
-        print(f"{r['label']:>9s} w={fmt_w(w):<4s} val HR@20 {100 * r['val']['HR@20']:.2f}  "
+        print(f"{r['label']:>9s} w={'-' if w is None else fmt_w(w):<4s} val HR@20 {100 * r['val']['HR@20']:.2f}  "
               f"test HR@20 {100 * r['test']['HR@20']:.2f}  NDCG@20 {100 * r['test']['NDCG@20']:.2f}  "
               f"CPU {r['cpu_s_per_1k']:.3f} s/1k  wall {r['wall_s_per_1k']:.3f} s/1k", flush=True)
         return r
@@ -189,10 +211,11 @@ def main() -> None:
           f"its val HR@20 {100 * default['val']['HR@20']:.2f}, test HR@20 {100 * default['test']['HR@20']:.2f})")
     curves: dict[str, list[dict[str, Any]]] = {}
     for s, n in [("ddpm", T), (default["sampler"], default["steps"])]:  # the paper's sampler and the default
-        if label(s, n) not in curves:
+        if guided and args.w and label(s, n) not in curves:
             curves[label(s, n)] = [measure(s, n, w) for w in args.w]
     result = {
-        "name": args.name, "run": str(args.run), "data": str(args.data), "splits": ["val", "test"],
+        "name": args.name, "model": run.config.model, "run": str(args.run), "data": str(args.data),
+        "splits": ["val", "test"],
         "selected_on": "val", "T": T, "w": w_run,
         "config": cfg.model_dump(mode="json"), "tolerance": args.tolerance, "eval_seed": args.eval_seed,
         "samplers": points,

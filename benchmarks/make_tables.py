@@ -15,6 +15,11 @@ std and per-seed values as fractions, command, machine, date). Numbers below are
 mean ± sample std over the seeds; full ranking over all items, test split, model selected on
 validation. Each JSON names the command that produced it.
 
+Where a file's machine names an NVIDIA GPU, some or all of its seeds were trained on a lent GPU
+machine by `benchmarks/jobqueue.py` (job lists in `benchmarks/jobs/`, TF32 matrix products on the
+GPU), then aggregated here; the per-seed machines and commands are in each JSON's `seed_runs`.
+The leave-one-out table with every model of issue 5 is `results/diffurec_loo.md`.
+
 Reference numbers from elsewhere (not measured by these scripts), for comparison:
 
 | dataset | model | HR@20 (%) | NDCG@20 (%) | source |
@@ -66,6 +71,15 @@ def dreamrec_section(results: Path = RESULTS) -> str:
                   f"{100 * d['test']['HR@20']:.2f} %). Data: `results/dreamrec_sampling/zhihu.json`; command: "
                   f"`{rec['command']}` ({rec['date']}, {rec['machine']}). Training and evaluation speed: "
                   "[TIMING.md](TIMING.md).", ""]
+    for sweep in sorted((results / "diffurec_sampling").glob("*.json")):
+        rec = json.loads(sweep.read_text())
+        d, stem = rec["default"], sweep.stem
+        lines += [f"## {stem}: DiffuRec-family samplers (seed 0)", "",
+                  f"![accuracy vs sampler](results/diffurec_sampling/{stem}_cost.png)", "",
+                  f"Cheapest sampler within {100 * rec['tolerance']:g} % of the best validation HR@20: "
+                  f"**{d['label']}** (val HR@20 {100 * d['val']['HR@20']:.2f} %, test {100 * d['test']['HR@20']:.2f} %). "
+                  f"Data: `results/diffurec_sampling/{sweep.name}`; command: `{rec['command']}` ({rec['date']}, "
+                  f"{rec['machine']}).", ""]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
