@@ -41,7 +41,7 @@ from dreamrec.data.batching import n_pairs  # noqa: E402
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.train.run import resolve  # noqa: E402
-from dreamrec.train.trainer import batches, make_optimizer, seed_everything  # noqa: E402
+from dreamrec.train.trainer import autocast, batches, make_optimizer, seed_everything  # noqa: E402
 
 CONFIGS = {"dreamrec": ROOT.parent / "configs/dreamrec/zhihu.yaml",
            "sasrec": ROOT.parent / "configs/baselines/zhihu/sasrec-ce.yaml"}
@@ -73,7 +73,8 @@ def train_speed(model: torch.nn.Module, ds: PreparedDataset, cfg: Any, n: int, w
             it = batches(model, ds, cfg.train.batch_size, cfg.train.max_len, rng)[0]
             batch = next(it)
         batch = batch.to(device)
-        loss = model.loss(batch)
+        with autocast(cfg.train, device):
+            loss = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip is not None:

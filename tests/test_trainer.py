@@ -183,3 +183,38 @@ def test_best_weights_live_in_the_committed_checkpoint(dataset: PreparedDataset,
     final = load_file(str(tmp_path / "full" / "model.safetensors"))
     in_ckpt = load_file(str(best_weights_path(tmp_path / "full" / "checkpoint")))
     assert final.keys() == in_ckpt.keys() and all(torch.equal(final[k], in_ckpt[k]) for k in final)
+
+
+BF16_MODELS = [
+    ("sasrec", SASREC),
+    ("gru4rec", GRU),
+    ("caser", {"hidden": 16}),
+    ("cl4srec", {"hidden": 16, "n_layers": 1, "n_heads": 2}),
+    ("dreamrec", {"hidden": 16, "timesteps": 10}),
+    ("diffurec", {"hidden": 16, "n_blocks": 1, "n_heads": 2, "timesteps": 4}),
+]
+
+
+@pytest.mark.parametrize("name,params", BF16_MODELS)
+def test_bf16_autocast_training_keeps_float32_weights(name: str, params: dict, dataset: PreparedDataset,
+                                                       tmp_path: Path) -> None:
+    """``precision: bf16`` runs the forward pass and loss under bfloat16 autocast: training stays
+    finite, parameters stay float32, and the loss differs from float32 only by rounding."""
+    from dreamrec.train.trainer import autocast
+
+    model, result = fit(name, params, dataset, tmp_path / name, epochs=2, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(np.isfinite(e["loss"]) for e in result.history)
+    from dreamrec.data.batching import iter_pairs, iter_seq2seq
+
+    it = iter_seq2seq if model.batch_mode == "seq2seq" else iter_pairs
+    batch = next(it(dataset.train, 64, MAX_LEN, np.random.default_rng(0)))
+    model.eval()  # no dropout: both losses see the same network
+    losses = []
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(3)
+        with torch.no_grad(), autocast(TrainConfig(precision=precision), torch.device("cpu")):
+            losses.append(model.loss(batch).item())
+            probe = torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3))
+        assert probe.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert losses[1] == pytest.approx(losses[0], rel=0.05, abs=0.05)

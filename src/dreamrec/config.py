@@ -47,6 +47,10 @@ class TrainConfig(_Strict):
     seed: int = 42
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default torch's choice")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the training forward pass and loss under bfloat16 autocast (weights, optimiser "
+        "and evaluation stay float32); mainly for GPUs"
+    )
 
 
 class RunConfig(_Strict):

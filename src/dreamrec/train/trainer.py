@@ -13,6 +13,7 @@ object per epoch) and ``checkpoint/``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -120,6 +121,14 @@ def _append_log(path: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context the training forward pass and loss run in: bfloat16 autocast when
+    ``config.precision == "bf16"``, else nothing."""
+    if config.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train(
     model: SequentialRecommender,
     dataset: PreparedDataset,
@@ -202,7 +211,8 @@ def train(
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
         for batch in bar:
             batch = batch.to(device)
-            loss = model.loss(batch)
+            with autocast(config, device):
+                loss = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
