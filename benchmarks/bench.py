@@ -23,10 +23,21 @@ RESULTS = ROOT / "results"
 
 
 def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config without the settings that say where it ran, not what it computes (thread
-    count, device): a seed trained on a GPU stands in for the same config on a CPU. Each seed file
-    keeps its ``machine`` and resolved ``device``, and the tables say which rows ran where."""
-    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("threads", "device")}}
+    """A resolved config, with every default filled in, without the settings that say where it ran,
+    not what it computes (thread count, device): a seed trained on a GPU stands in for the same config
+    on a CPU. Defaults are filled in again through the typed configs, so a seed saved before an option
+    existed still matches when the option keeps its default. Each seed file keeps its ``machine`` and
+    resolved ``device``, and the tables say which rows ran where."""
+    from dreamrec.config import TrainConfig
+    from dreamrec.models.registry import get_model_class
+
+    try:
+        params = get_model_class(config["model"]).Config(**config.get("params", {})).model_dump(mode="json")
+        train = TrainConfig(**config["train"]).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - an unreadable old config simply does not match
+        params, train = config.get("params", {}), dict(config.get("train", {}))
+    train = {k: v for k, v in train.items() if k not in ("threads", "device")}
+    return {**config, "params": params, "train": train}
 
 
 def _resumable(out: Path, resolved: dict[str, Any]) -> bool:
