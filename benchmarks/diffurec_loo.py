@@ -49,6 +49,15 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
     return out
 
 
+# caveats printed under the table for the rows that have them
+CAVEATS = {
+    "cl4srec": "the CL4SRec paper's settings (lambda 0.1, inner product, tau 1), untuned: with a full-softmax CE "
+               "main loss its contrastive term holds it back (experiments/baselines/NOTES.md)",
+    "dreamrec": "the paper's method (Zhihu selection T 200, w 0); its item table collapses on these splits "
+                "(experiments/dreamrec/NOTES.md)",
+}
+
+
 def ran_on(rec: dict[str, Any]) -> str:
     """"GPU", "CPU" or "CPU+GPU" from the machines the seeds were trained on."""
     kinds = {"GPU" if ("NVIDIA" in m or "cuda" in m.lower()) else "CPU" for m in str(rec.get("machine", "")).split("; ")}
@@ -70,6 +79,9 @@ def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], n
             pub = PUBLISHED.get((ds, name))
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if pub is None else f'{pub:.2f}'} | "
                          f"{len(rec['seeds'])} | {ran_on(rec)} |")
+        notes = [f"- {n}: {CAVEATS[n]}." for n, _, _ in variants(ds) if (ds, n) in records and n in CAVEATS]
+        if notes:
+            lines += ["", *notes]
         missing = [n for n, _, _ in variants(ds) if (ds, n) not in records]
         if missing:
             lines += ["", f"Not run yet on {ds}: " + ", ".join(missing) + "."]
