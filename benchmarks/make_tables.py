@@ -79,7 +79,9 @@ def dreamrec_section(results: Path = RESULTS) -> str:
                   f"Cheapest sampler within {100 * rec['tolerance']:g} % of the best validation HR@20: "
                   f"**{d['label']}** (val HR@20 {100 * d['val']['HR@20']:.2f} %, test {100 * d['test']['HR@20']:.2f} %). "
                   f"Data: `results/diffurec_sampling/{sweep.name}`; command: `{rec['command']}` ({rec['date']}, "
-                  f"{rec['machine']}).", ""]
+                  f"{rec['machine']}). The run was trained on the CPU with a short budget (session 3: DiffuRec "
+                  "12 epochs, DiffuRecSys 6, then stopped; `experiments/gpu/NOTES.md`): the plot compares the "
+                  "samplers' cost and accuracy on one model, not DiffuRec's best accuracy on Zhihu.", ""]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
