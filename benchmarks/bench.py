@@ -81,18 +81,21 @@ def run_variant(
         cfg = build_run_config(apply_overrides(raw, [f"train.seed={seed}"]), str(config_path))
         resolved = resolve(cfg, ds)[0].model_dump(mode="json")
         seed_file = results_dir / "seeds" / f"{dataset_name}__{variant}__seed{seed}.json"
+        key = _cache_key(resolved)
         done = json.loads(seed_file.read_text()) if seed_file.exists() else None
-        if done is None or _cache_key(done["config"]) != _cache_key(resolved):
+        if done is not None and _cache_key(done["config"]) != key:
+            done = None
+        if done is None:
             for folder, other in reuse or []:
                 f = folder / f"{dataset_name}__{other}__seed{seed}.json"
                 cand = json.loads(f.read_text()) if f.exists() else None
-                if cand is not None and _cache_key(cand["config"]) == _cache_key(resolved):
+                if cand is not None and _cache_key(cand["config"]) == key:
                     print(f"reusing {f} as {seed_file.name}")
                     seed_file.parent.mkdir(parents=True, exist_ok=True)
                     seed_file.write_text(json.dumps(cand, indent=2))
                     done = cand
                     break
-        if done is None or _cache_key(done["config"]) != _cache_key(resolved):
+        if done is None:
             out = runs_dir / dataset_name / variant / f"seed{seed}"
             resume = _resumable(out, resolved)
             if out.exists() and not resume:

@@ -6,8 +6,8 @@
 For each model (built from its config, initial weights: speed does not depend on them):
 
 * training samples per second: ``--batches`` optimiser steps on the model's real training
-  batches (``dreamrec.train.trainer.batches``, the same loop body as the trainer: loss, backward,
-  gradient clipping, step) after ``--warmup`` steps, best of ``--repeat`` such windows (every
+  batches (``dreamrec.train.trainer.batches``, each step the trainer's own ``train_step``: loss,
+  backward, gradient clipping, step) after ``--warmup`` steps, best of ``--repeat`` such windows (every
   window's rate is kept in the JSON); also the implied seconds per epoch;
 * evaluation sequences per second: ``evaluate`` on the whole test split (full ranking), best of
   ``--repeat``; DreamRec at its configured sampler and at each extra ``--samplers`` entry
@@ -41,7 +41,7 @@ from dreamrec.data.batching import n_pairs  # noqa: E402
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.train.run import resolve  # noqa: E402
-from dreamrec.train.trainer import autocast, batches, make_optimizer, seed_everything  # noqa: E402
+from dreamrec.train.trainer import batches, make_optimizer, seed_everything, train_step  # noqa: E402
 
 CONFIGS = {"dreamrec": ROOT.parent / "configs/dreamrec/zhihu.yaml",
            "sasrec": ROOT.parent / "configs/baselines/zhihu/sasrec-ce.yaml"}
@@ -73,14 +73,7 @@ def train_speed(model: torch.nn.Module, ds: PreparedDataset, cfg: Any, n: int, w
             it = batches(model, ds, cfg.train.batch_size, cfg.train.max_len, rng)[0]
             batch = next(it)
         batch = batch.to(device)
-        with autocast(cfg.train, device):
-            loss = model.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        loss.item()
+        train_step(model, batch, opt, cfg.train, device)
         samples += int(batch.target.shape[0])
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -179,10 +179,8 @@ class DreamRec(SequentialRecommender):
 
     def guidance(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """``c_{n-1} = T-enc(e_{1:n-1})`` [B, d] (Eq. 10; a learned vector for an empty history).
-        ``item_vectors``: the history's rows of the item table, if already looked up."""
-        if history.shape[1] > self.max_len:
-            history = history[:, -self.max_len :]
-            item_vectors = None if item_vectors is None else item_vectors[:, -self.max_len :]
+        ``item_vectors``: the history's rows of the item table, if already looked up. Histories
+        wider than ``max_len`` keep their most recent columns (the encoder cuts both)."""
         return self.encoder.last_hidden(history, item_vectors)
 
     # -- training (Algorithm 1) ---------------------------------------------------------------

@@ -306,9 +306,7 @@ def evaluate_with_intents(
     """Full-ranking HR/NDCG/MRR@K of ``model`` on ``rows`` (:class:`SampleRows`) with one intention
     text (or None) per row (:func:`~dreamrec.eval.evaluate.rank_targets` with ``intents``);
     ``return_topk > 0`` adds ``"topk"`` (internal ids [N, k]). Seeded."""
-    dev = model.item_text_emb.device
-    ranked = rank_targets(model, rows, batch_size=batch_size, device=dev, seed=seed,
-                          intents=intents, topk=return_topk)
+    ranked = rank_targets(model, rows, batch_size=batch_size, seed=seed, intents=intents, topk=return_topk)
     ranks, top = ranked if return_topk else (ranked, None)
     out: dict[str, Any] = metrics_from_ranks(ranks, ks)
     if return_topk:

@@ -129,6 +129,22 @@ def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
+def train_step(
+    model: SequentialRecommender, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig,
+    device: torch.device,
+) -> float:
+    """One optimiser step on ``batch`` (already on ``device``): loss under :func:`autocast`, backward,
+    gradient clipping, step; returns the loss value."""
+    with autocast(config, device):
+        loss = model.loss(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 def train(
     model: SequentialRecommender,
     dataset: PreparedDataset,
@@ -210,15 +226,7 @@ def train(
         total_loss, count = 0.0, 0
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
         for batch in bar:
-            batch = batch.to(device)
-            with autocast(config, device):
-                loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            value = loss.item()
+            value = train_step(model, batch.to(device), optimizer, config, device)
             if not math.isfinite(value):
                 bar.close()
                 raise FloatingPointError(f"epoch {epoch}: training loss is {value}")
