@@ -363,3 +363,56 @@ def test_loss_with_one_table_lookup_equals_separate_lookups() -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_x0_weight_scales_the_x0_loss_and_both_zero_is_rejected() -> None:
+    """``x0_weight``: loss = x0_weight * mse + ce_weight * ce (same draws); no loss at all is a config error."""
+    h, target = histories(), torch.tensor([3, 4, 5, 6, 7, 8])
+    losses = {}
+    for x0_w, ce_w in ((1.0, 0.0), (0.0, 1.0), (0.25, 1.0)):
+        torch.manual_seed(0)
+        model = build_model("dreamrec", 30, 8, {**SMALL, "x0_weight": x0_w, "ce_weight": ce_w, "dropout": 0.0})
+        model.eval()  # no dropout draws; the noise and t draws are seeded below
+        torch.manual_seed(1)
+        losses[(x0_w, ce_w)] = model.loss(Batch(h, target)).item()
+    assert losses[(0.25, 1.0)] == pytest.approx(0.25 * losses[(1.0, 0.0)] + losses[(0.0, 1.0)], rel=1e-5)
+    with pytest.raises(ConfigError, match="x0_weight and ce_weight are both 0"):
+        build_model("dreamrec", 30, 8, {**SMALL, "x0_weight": 0.0})
+
+
+def test_self_conditioning_denoiser_and_sampler_wrapper() -> None:
+    """x0_sc = None is the zeros input; SelfConditioned refines its first estimate, then feeds each output back."""
+    from dreamrec.nn.denoisers import MLPDenoiser, SelfConditioned
+
+    torch.manual_seed(0)
+    f = MLPDenoiser(8, "mlp2", self_condition=True)
+    x, c, t = torch.randn(3, 8), torch.randn(3, 8), torch.tensor([4])
+    torch.testing.assert_close(f(x, t, c), f(x, t, c, x0_sc=torch.zeros(3, 8)))
+    assert not torch.allclose(f(x, t, c), f(x, t, c, x0_sc=torch.ones(3, 8)))
+    with pytest.raises(ValueError, match="without self_condition"):
+        MLPDenoiser(8)(x, t, c, x0_sc=x)
+    wrapped = SelfConditioned(f)
+    first = wrapped(x, t, c)
+    torch.testing.assert_close(first, f(x, t, c, x0_sc=f(x, t, c)))  # two calls at the first step
+    x2 = torch.randn(3, 8)
+    torch.testing.assert_close(wrapped(x2, torch.tensor([2]), c), f(x2, torch.tensor([2]), c, x0_sc=first))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "onestep"])
+def test_self_conditioned_dreamrec_trains_and_samples(sampler: str) -> None:
+    model = build_model("dreamrec", 30, 8, {**SMALL, "self_condition": True, "sampler": sampler, "sampler_steps": 4,
+                                            "guidance_w": 1.0})
+    assert model.denoiser.fc_in.in_features == 4 * 16
+    calls: list[int] = []
+    model.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    h, target = histories(), torch.tensor([3, 4, 5, 6, 7, 8])
+    for seed in range(6):  # both branches (with and without the self-conditioning pass) occur
+        torch.manual_seed(seed)
+        model.loss(Batch(h, target)).backward()
+    assert set(calls) == {6} and len(calls) > 6
+    calls.clear()
+    model.eval()
+    scores = model.score(h)
+    assert scores.shape == (6, 30) and torch.isfinite(scores).all()
+    steps = 1 if sampler == "onestep" else 4
+    assert calls == [12] * (steps + 1)  # guided 2B rows; one extra call refines the first estimate

@@ -65,6 +65,38 @@ def test_dit_shapes_with_empty_history_and_null_intent():
     assert dit.context(torch.randn(B, 9, 16), torch.ones(B, 9, dtype=torch.bool)).tokens.shape == (B, 8, 32)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_dit_last_block_reads_out_only_the_x_token_exactly(n_layers):
+    """The last block's shortcut (the x_t token's query, projection and MLP only) equals running the
+    full block on every token and reading the last one, for values and gradients."""
+    torch.manual_seed(0)
+    dit = InContextDiT(16, max_len=6, hidden=32, n_layers=n_layers, n_heads=4).eval()
+    h, intent, x = torch.randn(3, 6, 16), torch.randn(3, 16), torch.randn(3, 16)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [0] * 6, [1] * 6], dtype=torch.bool)
+    t = torch.tensor([7])
+
+    def run(fast: bool) -> tuple[torch.Tensor, list]:
+        ctx = dit.context(h, mask, intent, torch.tensor([True, False, True]))
+        if fast:
+            out = dit(x, t, ctx)
+        else:  # the plain computation, token layout as the module docstring: [context, tau(t), x_t]
+            types = dit.token_type.weight
+            tau = (dit.time(t) + types[3]).expand(3, -1)[:, None]
+            seq = torch.cat([ctx.tokens, tau, (dit.x_in(x) + types[4])[:, None]], 1)
+            m = torch.cat([ctx.key_mask, torch.ones(3, 2, dtype=torch.bool)], 1)[:, None, None, :]
+            for block in dit.blocks:
+                seq = block(seq, m)
+            out = dit.out(dit.norm_out(seq[:, -1]))
+        return out, torch.autograd.grad(out.square().sum(), list(dit.parameters()), allow_unused=True)
+
+    (fast, g_fast), (ref, g_ref) = run(True), run(False)
+    torch.testing.assert_close(fast, ref)
+    for a, b in zip(g_fast, g_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
 def test_two_condition_guidance_formula_and_reduction():
     f_c, f_h, f_i = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -1.0]), torch.tensor([3.0, 0.0])
     w, rho = 2.0, 0.5

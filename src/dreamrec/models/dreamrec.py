@@ -40,6 +40,10 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
   needs the direction of the query).
 * ``freeze_items``: keep the table at its random init (a control).
 * ``n_layers``: encoder depth (the paper: 1).
+* ``self_condition``: the denoiser also takes its own previous x0 estimate (Chen et al., 2023);
+  trained on half of the batches with the stop-gradient estimate of a first pass, fed back at
+  every sampling step (a one-step sampler then makes two calls).
+* ``x0_weight``: the weight of the x0 loss (0 with ``ce_weight > 0``: the cross-entropy alone).
 * ``ce_weight > 0``: add ``ce_weight`` times a full-softmax cross-entropy of the prediction
   against the whole catalog, ``-log softmax(f(x_t, c, t) E[1:]^T / ce_temperature)[target]``.
   This gives up the paper's "no negative sampling" (every other item is a negative): it scores the
@@ -60,7 +64,7 @@ from dreamrec.diffusion import ClassifierFreeGuidance, DiffusionScheduler, drop_
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
-from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
+from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser, SelfConditioned
 from dreamrec.nn.encoders import TransformerEncoder
 
 
@@ -107,7 +111,13 @@ class DreamRecConfig(ModelConfig):
         "(0 = the paper: no negatives)"
     )
     ce_temperature: float = Field(1.0, gt=0, description="temperature of the ce_weight term's logits")
+    x0_weight: float = Field(1.0, ge=0, description="weight of the x0 loss (the paper: 1; 0 with ce_weight > 0 "
+                             "trains the denoiser by the cross-entropy alone)")
     freeze_items: bool = Field(False, description="keep the item table at its random init (a control)")
+    self_condition: bool = Field(
+        False, description="self-conditioning (Chen et al., 2023): the denoiser also takes its own previous "
+        "x0 estimate (trained on half of the batches), and sampling feeds it back at every step"
+    )
     train_timesteps: Literal["uniform", "last"] = Field(
         "uniform", description="uniform: t ~ U{1..T} (Algorithm 1); last: always t = T, training for one-step generation"
     )
@@ -119,6 +129,8 @@ class DreamRecConfig(ModelConfig):
             if "sampler_steps" in self.model_fields_set:
                 raise ValueError(f"sampler_steps ({self.sampler_steps}) exceeds timesteps ({self.timesteps})")
             self.sampler_steps = self.timesteps  # the default S on a short chain: every step
+        if self.x0_weight == 0 and self.ce_weight == 0:
+            raise ValueError("x0_weight and ce_weight are both 0: the model would have no loss")
         return self
 
 
@@ -158,7 +170,7 @@ class DreamRec(SequentialRecommender):
             nn.init.normal_(self.encoder.position_embedding.weight, std=config.item_init_std)
             self.encoder.item_embedding.weight[0].zero_()
         self.null_condition = nn.Parameter(torch.randn(d))  # the dummy token ∅, N(0, 1) as the authors
-        self.denoiser = MLPDenoiser(d, config.denoiser)
+        self.denoiser = MLPDenoiser(d, config.denoiser, self_condition=config.self_condition)
         self.scheduler = DiffusionScheduler(
             num_train_timesteps=config.timesteps,
             beta_schedule=config.beta_schedule,
@@ -200,8 +212,12 @@ class DreamRec(SequentialRecommender):
             t = self.scheduler.sample_timesteps(x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        x0_hat = self.denoiser(x_t, t, c)
-        loss = x0_loss(x0_hat, x0, cfg.x0_loss)
+        x0_sc = None
+        if cfg.self_condition and torch.rand(()) < 0.5:  # half the batches: condition on our own estimate
+            with torch.no_grad():
+                x0_sc = self.denoiser(x_t, t, c)
+        x0_hat = self.denoiser(x_t, t, c) if x0_sc is None else self.denoiser(x_t, t, c, x0_sc=x0_sc)
+        loss = cfg.x0_weight * x0_loss(x0_hat, x0, cfg.x0_loss)
         if cfg.ce_weight > 0:
             logits = x0_hat @ self.item_embedding.weight[1:].T / cfg.ce_temperature  # real items only
             loss = loss + cfg.ce_weight * F.cross_entropy(logits, batch.target - 1)
@@ -229,7 +245,11 @@ class DreamRec(SequentialRecommender):
         c = self.guidance(history)
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
         # the condition's share of the first layer is the same at every step: compute it once
-        model_fn.denoiser = partial(self.denoiser, c_proj=self.denoiser.project_condition(model_fn.condition))
+        c_proj = self.denoiser.project_condition(model_fn.condition)
+        if self.config.self_condition:
+            model_fn.denoiser = SelfConditioned(self.denoiser, c_proj=c_proj)
+        else:
+            model_fn.denoiser = partial(self.denoiser, c_proj=c_proj)
         return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype)
 
     def set_sampler(

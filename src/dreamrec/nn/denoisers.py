@@ -7,6 +7,10 @@ embedding ``tau(t)`` of the diffusion step:
 * ``mlp1``: one linear layer ``W [x_t; c; tau(t)] + b`` (``3d -> d``);
 * ``mlp2``: ``W_2 GELU(W_1 [x_t; c; tau(t)] + b_1) + b_2`` (``3d -> 2d -> d``).
 
+With ``self_condition`` (Chen et al., 2023, "Analog Bits", Sec. 3.2) the input also carries the
+network's own previous estimate of ``x_0``: ``[x_t; c; tau(t); x0_sc]`` (``4d`` wide), zeros when there
+is none; :class:`SelfConditioned` feeds it at sampling time.
+
 ``tau(t)`` is the sinusoidal embedding of Vaswani et al. (2017) / DDPM followed by a small MLP
 (``d -> 2d -> d`` with GELU), as in the authors' code.
 
@@ -64,15 +68,16 @@ class MLPDenoiser(nn.Module):
     ``forward(x_t [B, d], t [B] or [1], c [B, d]) -> [B, d]``; a ``[1]`` step is broadcast to all rows.
     """
 
-    def __init__(self, hidden: int, kind: DenoiserType = "mlp1"):
+    def __init__(self, hidden: int, kind: DenoiserType = "mlp1", self_condition: bool = False):
         super().__init__()
         if kind not in ("mlp1", "mlp2"):
             raise ValueError(f"unknown denoiser {kind!r}; expected mlp1 or mlp2")
         self.hidden = hidden
         self.kind = kind
+        self.self_condition = self_condition
         self.time_embedding = TimeEmbedding(hidden)
         width = hidden if kind == "mlp1" else 2 * hidden
-        self.fc_in = nn.Linear(3 * hidden, width)  # over [x_t; c; tau(t)]
+        self.fc_in = nn.Linear((4 if self_condition else 3) * hidden, width)  # over [x_t; c; tau(t) (; x0_sc)]
         self.fc_out = nn.Linear(2 * hidden, hidden) if kind == "mlp2" else None
 
     def project_condition(self, c: torch.Tensor) -> torch.Tensor:
@@ -82,16 +87,48 @@ class MLPDenoiser(nn.Module):
         return F.linear(c, self.fc_in.weight[:, d : 2 * d])
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, c_proj: torch.Tensor | None = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        c: torch.Tensor,
+        c_proj: torch.Tensor | None = None,
+        x0_sc: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``c_proj`` = :meth:`project_condition` of ``c`` when precomputed (the output is identical)."""
+        """``c_proj`` = :meth:`project_condition` of ``c`` when precomputed (the output is identical);
+        ``x0_sc`` [B, d] the self-conditioning estimate (None = zeros; only with ``self_condition``)."""
         d = self.hidden
         W, b = self.fc_in.weight, self.fc_in.bias
         tau = self.time_embedding(t.reshape(-1))  # [B, d] or [1, d]
         if c_proj is None:
             c_proj = self.project_condition(c)
         # W [x_t; c; tau] + b == W_x x_t + W_c c + (W_t tau + b)
-        h = F.linear(x_t, W[:, :d]) + c_proj + F.linear(tau, W[:, 2 * d :], b)
+        h = F.linear(x_t, W[:, :d]) + c_proj + F.linear(tau, W[:, 2 * d : 3 * d], b)
+        if x0_sc is not None:
+            if not self.self_condition:
+                raise ValueError("x0_sc given to a denoiser built without self_condition")
+            h = h + F.linear(x0_sc, W[:, 3 * d :])  # a zero x0_sc adds nothing: None is the zeros
         if self.fc_out is None:
             return h
         return self.fc_out(F.gelu(h))
+
+
+class SelfConditioned:
+    """A self-conditioning denoiser for the samplers: each call feeds the previous call's output as
+    ``x0_sc`` (Chen et al., 2023). The first call has no previous estimate, so it makes one with
+    ``x0_sc = 0`` and then refines it (two network calls), as the training's self-conditioned
+    branch does; a one-step sampler thus gets ``f(x_T, c, T, f(x_T, c, T, 0))``.
+
+    Rows are those of the calls (``2B`` under classifier-free guidance): each row is conditioned on
+    its own branch's previous output.
+    """
+
+    def __init__(self, denoiser: MLPDenoiser, **fixed: torch.Tensor):
+        self.denoiser = denoiser
+        self.fixed = fixed
+        self.previous: torch.Tensor | None = None
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if self.previous is None:
+            self.previous = self.denoiser(x_t, t, c, **self.fixed)
+        self.previous = self.denoiser(x_t, t, c, x0_sc=self.previous, **self.fixed)
+        return self.previous

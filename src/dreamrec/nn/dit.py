@@ -17,7 +17,9 @@ The conditions are appended to the input as tokens and one Transformer reads the
 Each token also gets a learned type embedding (history / ∅_h / intention / time / x_t). Blocks are
 pre-LayerNorm: ``x + MHA(LN(x))`` then ``x + MLP(LN(x))``, bidirectional attention over the
 visible tokens. The condition tokens do not depend on ``x_t`` or ``t``: :meth:`InContextDiT.context`
-computes them once per generation (:class:`DiTContext`) and every sampling step reuses them.
+computes them once per generation (:class:`DiTContext`) and every sampling step reuses them. Only the
+``x_t`` token is read out, so the last block computes the query, projection and MLP of that token alone
+(:meth:`DiTBlock.forward_last`; the other tokens still give their keys and values).
 """
 from __future__ import annotations
 
@@ -74,6 +76,19 @@ class DiTBlock(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, N, d)))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(x, mask)[:, -1]`` [B, d] without the other tokens' outputs: every token's keys
+        and values, but only the last token's query, projection and MLP (the readout needs no more)."""
+        B, N, d = x.shape
+        H = self.n_heads
+        W, b = self.qkv.weight, self.qkv.bias
+        h = self.norm1(x)
+        k, v = F.linear(h, W[d:], b[d:]).view(B, N, 2, H, d // H).permute(2, 0, 3, 1, 4)
+        q = F.linear(h[:, -1:], W[:d], b[:d]).view(B, 1, H, d // H).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, 1, d / H]
+        last = x[:, -1] + self.drop(self.proj(y.reshape(B, d)))
+        return last + self.drop(self.mlp(self.norm2(last)))
 
 
 class InContextDiT(nn.Module):
@@ -151,6 +166,6 @@ class InContextDiT(nn.Module):
         seq = self.input_drop(torch.cat([ctx.tokens, tau, x], 1))
         ones = torch.ones(B, 2, dtype=torch.bool, device=x_t.device)
         mask = torch.cat([ctx.key_mask, ones], 1)[:, None, None, :]
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             seq = block(seq, mask)
-        return self.out(self.norm_out(seq[:, -1]))
+        return self.out(self.norm_out(self.blocks[-1].forward_last(seq, mask)))
