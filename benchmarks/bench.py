@@ -105,6 +105,7 @@ def run_variant(
             t = time.time()
             m = train_run(cfg, data_dir, out, resume=resume, progress=progress, log=print, dataset=ds)
             done = {"config": resolved, "seconds": time.time() - t, "best_epoch": m["best_epoch"],
+                    "epochs_trained": m["epochs_trained"], "stopped_by_budget": m["stopped_by_budget"],
                     "val": m["val"], "test": m["test"], "machine": machine(), "command": command_line(),
                     "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
             seed_file.parent.mkdir(parents=True, exist_ok=True)

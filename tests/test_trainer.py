@@ -146,6 +146,25 @@ def test_early_stopping(dataset: PreparedDataset, tmp_path: Path) -> None:
     assert state["epoch"] == 3 and state["bad_epochs"] == 2
 
 
+def test_time_budget_stops_after_the_epoch_that_spends_it(dataset: PreparedDataset, tmp_path: Path) -> None:
+    """``max_minutes``: the epoch that spends the budget is validated even off the eval_every grid, training
+    stops there with the best weights kept, and a resumed run goes on past it."""
+    budget = 1e-9  # spent by the first epoch
+    model, result = fit("gru4rec", GRU, dataset, tmp_path, epochs=10, patience=50, eval_every=4, max_minutes=budget)
+    assert result.stopped_by_budget and not result.stopped_early
+    assert len(result.history) == 1 and "val" in result.history[0] and result.history[0]["budget_spent"]
+    assert result.best_epoch == 1
+    _, again = fit("gru4rec", GRU, dataset, tmp_path, epochs=10, patience=50, eval_every=4, max_minutes=budget,
+                   resume=True)
+    assert again.stopped_by_budget and [e["epoch"] for e in again.history] == [1, 2]
+    # a budget that is not spent changes nothing; the last epoch is not a budget stop
+    _, free = fit("gru4rec", GRU, dataset, tmp_path / "free", epochs=2, patience=50, max_minutes=60.0)
+    assert not free.stopped_by_budget and len(free.history) == 2 and "budget_spent" not in free.history[-1]
+    # the final epoch spending the budget is an ordinary end, not a budget stop
+    _, last = fit("gru4rec", GRU, dataset, tmp_path / "last", epochs=1, patience=50, max_minutes=budget)
+    assert not last.stopped_by_budget
+
+
 def test_best_weights_live_in_the_committed_checkpoint(dataset: PreparedDataset, tmp_path: Path) -> None:
     """A run that dies mid-training leaves no model.safetensors; the best weights so far sit in the
     committed checkpoint, and the finished run's model.safetensors equals the best epoch's weights."""

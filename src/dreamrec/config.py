@@ -47,6 +47,11 @@ class TrainConfig(_Strict):
     seed: int = 42
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default torch's choice")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget of this training call (evaluations included): training stops "
+        "after the epoch that spends it, as early stopping does, and keeps the best weights; a resumed run "
+        "continues past it"
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward pass and loss under bfloat16 autocast (weights, optimiser "
         "and evaluation stay float32); mainly for GPUs"

@@ -103,7 +103,9 @@ def train_run(
     test = evaluate(
         model, dataset.test, batch_size=config.train.eval_batch_size, device=config.train.device, seed=config.train.seed
     )
-    metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test}
+    metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test,
+               "epochs_trained": result.history[-1]["epoch"] if result.history else 0,
+               "stopped_by_budget": result.stopped_by_budget}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 

@@ -57,6 +57,7 @@ class TrainResult:
     best_val: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    stopped_by_budget: bool = False  # ``max_minutes`` ran out before ``epochs`` or early stopping
 
 
 def seed_everything(seed: int) -> None:
@@ -218,7 +219,9 @@ def train(
         _write_log(log_path, [])
 
     epoch = state["epoch"]
-    while epoch < config.epochs and not state["stopped_early"]:
+    started = time.perf_counter()
+    out_of_time = False
+    while epoch < config.epochs and not state["stopped_early"] and not out_of_time:
         epoch += 1
         t0 = time.perf_counter()
         model.train()
@@ -236,8 +239,9 @@ def train(
                 bar.set_postfix(loss=f"{total_loss / count:.4f}")
         bar.close()
         entry: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(count, 1)}
+        out_of_time = config.max_minutes is not None and time.perf_counter() - started >= 60 * config.max_minutes
 
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
             val = validate()
             entry["val"] = val
             current = val[config.val_metric]
@@ -252,7 +256,12 @@ def train(
         state["epoch"] = epoch
         state["history"].append(entry)
         _append_log(log_path, entry)
-        say(_summary(entry, config.val_metric) + (" | early stop" if state["stopped_early"] else ""))
+        if out_of_time and not state["stopped_early"] and epoch < config.epochs:
+            entry["budget_spent"] = True
+        else:
+            out_of_time = False
+        stop = " | early stop" if state["stopped_early"] else " | time budget spent" if out_of_time else ""
+        say(_summary(entry, config.val_metric) + stop)
         save_checkpoint(ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")))
 
     best = best_weights_path(ckpt_dir) if state["best_value"] is not None else None
@@ -265,4 +274,5 @@ def train(
         best_val=state["best_val"],
         history=state["history"],
         stopped_early=state["stopped_early"],
+        stopped_by_budget=out_of_time,
     )
