@@ -114,6 +114,8 @@ def run_variant(
             print(f"reusing {seed_file.name}")
         secs.append(done["seconds"])
         seed_runs.append({"seed": seed, **{k: done.get(k) for k in ("machine", "command", "date")}})
+        if done.get("stopped_by_budget"):
+            seed_runs[-1].update(stopped_by_budget=True, epochs_trained=done.get("epochs_trained"))
         test.append(done["test"])
         val.append(done["val"])
         print(json.dumps({"variant": variant, "seed": seed, "best_epoch": done["best_epoch"],

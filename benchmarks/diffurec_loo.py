@@ -80,6 +80,11 @@ def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], n
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if pub is None else f'{pub:.2f}'} | "
                          f"{len(rec['seeds'])} | {ran_on(rec)} |")
         notes = [f"- {n}: {CAVEATS[n]}." for n, _, _ in variants(ds) if (ds, n) in records and n in CAVEATS]
+        for n, _, _ in variants(ds):  # seeds cut short by a train.max_minutes budget
+            cut = [r for r in records.get((ds, n), {}).get("seed_runs", []) if r.get("stopped_by_budget")]
+            if cut:
+                at = ", ".join(f"seed {r['seed']} after epoch {r.get('epochs_trained')}" for r in cut)
+                notes.append(f"- {n}: stopped by its time budget (train.max_minutes), not by early stopping: {at}.")
         if notes:
             lines += ["", *notes]
         missing = [n for n, _, _ in variants(ds) if (ds, n) not in records]
