@@ -71,6 +71,19 @@ def dreamrec_section(results: Path = RESULTS) -> str:
                   f"{100 * d['test']['HR@20']:.2f} %). Data: `results/dreamrec_sampling/zhihu.json`; command: "
                   f"`{rec['command']}` ({rec['date']}, {rec['machine']}). Training and evaluation speed: "
                   "[TIMING.md](TIMING.md).", ""]
+    for sweep in sorted((results / "dreamrec_sampling").glob("*.json")):
+        if sweep.stem == "zhihu":
+            continue  # the selected paper model, above
+        rec = json.loads(sweep.read_text())
+        d, stem = rec["default"], sweep.stem
+        lines += [f"## {stem}: samplers and guidance strength of a DreamRec variant (seed 0)", "",
+                  f"![accuracy vs sampler](results/dreamrec_sampling/{stem}_cost.png) "
+                  f"![accuracy vs w](results/dreamrec_sampling/{stem}_w.png)", "",
+                  f"Cheapest sampler within {100 * rec['tolerance']:g} % of the best validation HR@20: "
+                  f"**{d['label']}** (val HR@20 {100 * d['val']['HR@20']:.2f} %, test {100 * d['test']['HR@20']:.2f} %). "
+                  f"Data: `results/dreamrec_sampling/{sweep.name}`; command: `{rec['command']}` ({rec['date']}, "
+                  f"{rec['machine']}). A variant trained at t = T only (`train_timesteps: last`) runs off its "
+                  "training steps under multi-step samplers.", ""]
     for sweep in sorted((results / "diffurec_sampling").glob("*.json")):
         rec = json.loads(sweep.read_text())
         d, stem = rec["default"], sweep.stem
