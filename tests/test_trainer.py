@@ -153,6 +153,8 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(dataset: PreparedDatas
     model, result = fit("gru4rec", GRU, dataset, tmp_path, epochs=10, patience=50, eval_every=4, max_minutes=budget)
     assert result.stopped_by_budget and not result.stopped_early
     assert len(result.history) == 1 and "val" in result.history[0] and result.history[0]["budget_spent"]
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["budget_spent"] and logged[-1]["epoch"] == 1  # the flag reaches the log file too
     assert result.best_epoch == 1
     _, again = fit("gru4rec", GRU, dataset, tmp_path, epochs=10, patience=50, eval_every=4, max_minutes=budget,
                    resume=True)

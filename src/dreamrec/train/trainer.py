@@ -253,13 +253,13 @@ def train(
                 state["stopped_early"] = True
         entry["seconds"] = time.perf_counter() - t0
         entry.update(model.on_epoch_end(epoch))
+        # a budget stop only where nothing else ends training here (early stopping, the last epoch)
+        out_of_time = out_of_time and not state["stopped_early"] and epoch < config.epochs
+        if out_of_time:
+            entry["budget_spent"] = True
         state["epoch"] = epoch
         state["history"].append(entry)
         _append_log(log_path, entry)
-        if out_of_time and not state["stopped_early"] and epoch < config.epochs:
-            entry["budget_spent"] = True
-        else:
-            out_of_time = False
         stop = " | early stop" if state["stopped_early"] else " | time budget spent" if out_of_time else ""
         say(_summary(entry, config.val_metric) + stop)
         save_checkpoint(ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")))
