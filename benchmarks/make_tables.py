@@ -40,7 +40,6 @@ Reference numbers from elsewhere (not measured by these scripts), for comparison
 
 def dreamrec_section(results: Path = RESULTS) -> str:
     """The DreamRec-on-Zhihu part: the T x w validation grid of Table 1, the sampler sweep, timing."""
-
     lines: list[str] = []
     search = results / "dreamrec_search" / "zhihu__dreamrec__paper.json"
     if search.exists():
