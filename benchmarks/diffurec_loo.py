@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ensure_prepared  # noqa: E402
 from bench import RESULTS, ROOT, run_variant  # noqa: E402
+from dreamrec.eval.report import percent_cell  # noqa: E402
 
 CONFIGS = ROOT.parent / "configs"
 WINDOW = 50
@@ -75,7 +76,7 @@ def table(records: dict[tuple[str, str], dict[str, Any]], datasets: list[str], n
             if rec is None:
                 continue
             m = rec["metrics"]
-            cells = [f"{100 * m[k]['mean']:.2f} ± {100 * m[k]['std']:.2f}" for k in METRICS]
+            cells = [percent_cell(m[k]) for k in METRICS]
             pub = PUBLISHED.get((ds, name))
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if pub is None else f'{pub:.2f}'} | "
                          f"{len(rec['seeds'])} | {ran_on(rec)} |")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, ROOT, write_tables  # noqa: E402
+from dreamrec.eval.report import percent_cell as pct  # noqa: E402
 
 HEADER = """# Benchmark results
 
@@ -101,7 +102,6 @@ def idreamrec_section(results: Path = RESULTS) -> str:
     """iDreamRec on ML-1M (benchmarks/idreamrec_ml1m.py): samplers beside the ID-based models of the same
     split, intentions, cold-start items; one block per aggregated result file."""
     ks = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
-    pct = lambda d: f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f}"  # noqa: E731
     lines: list[str] = []
     for path in sorted((results / "idreamrec_ml1m").glob("*.json")):
         if ".seed" in path.name:

@@ -207,7 +207,7 @@ def test_cosine_x0_loss_matches_formula() -> None:
     x0_hat[1, 1] = -5.0  # opposite to E[4]: 1 - (-1) = 2
 
     class Stub(torch.nn.Module):
-        def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, x0_sc=None) -> torch.Tensor:
             return x0_hat
 
     model.denoiser = Stub()
@@ -243,7 +243,7 @@ def test_ce_term_adds_full_softmax_cross_entropy_by_hand() -> None:
     x0_hat[0, 0] = 2.0  # logits over items 1..4 = [2, 0, -2, 0] / 2 = [1, 0, -1, 0]
 
     class Stub(torch.nn.Module):
-        def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, x0_sc=None) -> torch.Tensor:
             return x0_hat
 
     model.denoiser = Stub()

@@ -111,6 +111,11 @@ def load_records(results_dir: Path) -> list[dict[str, Any]]:
     return recs
 
 
+def percent_cell(entry: dict[str, Any]) -> str:
+    """``{"mean": m, "std": s}`` of fractions as ``"100m ± 100s"`` with two decimals (a table cell)."""
+    return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
+
+
 def render_markdown(records: list[dict[str, Any]], metrics: tuple[str, ...] = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")) -> str:
     """One table per (dataset, protocol): mean ± std in percent, with seeds, machine, date, command."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -125,7 +130,7 @@ def render_markdown(records: list[dict[str, Any]], metrics: tuple[str, ...] = ("
             cells = []
             for m in metrics:
                 v = r["metrics"].get(m)
-                cells.append("—" if v is None else f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}")
+                cells.append("—" if v is None else percent_cell(v))
             out.append(f"| {r['model']} | {r['variant']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
         out.append("")
         for r in recs:

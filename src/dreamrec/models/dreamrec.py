@@ -216,7 +216,7 @@ class DreamRec(SequentialRecommender):
         if cfg.self_condition and torch.rand(()) < 0.5:  # half the batches: condition on our own estimate
             with torch.no_grad():
                 x0_sc = self.denoiser(x_t, t, c)
-        x0_hat = self.denoiser(x_t, t, c) if x0_sc is None else self.denoiser(x_t, t, c, x0_sc=x0_sc)
+        x0_hat = self.denoiser(x_t, t, c, x0_sc=x0_sc)
         loss = cfg.x0_weight * x0_loss(x0_hat, x0, cfg.x0_loss)
         if cfg.ce_weight > 0:
             logits = x0_hat @ self.item_embedding.weight[1:].T / cfg.ce_temperature  # real items only
