@@ -17,7 +17,7 @@ from dreamrec.diffusion.noise import offset_noise
 from dreamrec.diffusion.schedules import make_beta_schedule
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.diffurec import DiffuRec
-from dreamrec.nn.approximators import sample_lambda
+from dreamrec.nn.approximators import bidirectional_mask, length_buckets, sample_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"hidden": 16, "n_blocks": 2, "n_heads": 2, "timesteps": 6}
@@ -160,7 +160,8 @@ def test_lambda_statistics() -> None:
 @pytest.mark.parametrize("cross_attention", [False, True])
 def test_cross_attention_switch_changes_the_computation(cross_attention: bool) -> None:
     torch.manual_seed(0)
-    model = build_model("diffurec", 30, 8, {**SMALL, "delta": 0.5, "cross_attention": cross_attention})
+    model = build_model("diffurec", 30, 8, {**SMALL, "delta": 0.5, "cross_attention": cross_attention,
+                                            "trim_padding": False})  # blocks[0] sees the whole batch once
     model.eval()
     approx = model.approximator
     seen: dict[str, torch.Tensor | None] = {}
@@ -182,6 +183,48 @@ def test_cross_attention_switch_changes_the_computation(cross_attention: bool) -
         assert torch.allclose(seen["h"], e + guided) and seen["query"] is None
         assert approx.blocks[0].cross is None
     assert out.shape == (6, 16) and torch.isfinite(out).all()
+
+
+def test_length_buckets_cover_every_row_once() -> None:
+    h = torch.zeros(7, 50, dtype=torch.long)
+    for row, n in enumerate([0, 1, 2, 3, 9, 33, 50]):
+        if n:
+            h[row, -n:] = row + 1
+    buckets = length_buckets(h > 0)
+    assert [w for w, _ in buckets] == [1, 2, 4, 16, 50]  # 0 and 1 items: 1 column; 3 -> 4; 9 -> 16; 33, 50 -> 50
+    rows = torch.cat([idx for _, idx in buckets])
+    assert sorted(rows.tolist()) == list(range(7))
+    for w, idx in buckets:  # nothing real is cut off
+        assert (h[idx, :-w] == 0).all()
+
+
+@pytest.mark.parametrize("cross_attention", [False, True])
+def test_trimmed_last_token_approximator_is_exact(cross_attention: bool) -> None:
+    """Length buckets without padding columns and the last block's single query give the outputs
+    (and the gradients) of the full computation, with the same lambda draws."""
+    torch.manual_seed(0)
+    model = build_model("diffurec", 30, 8, {**SMALL, "delta": 0.5, "cross_attention": cross_attention}).double()
+    model.eval()
+    approx = model.approximator
+    e, valid = model.history_representation(histories())
+    x_t, t = torch.randn(6, 16, dtype=torch.float64, requires_grad=True), torch.tensor([0, 1, 2, 3, 4, 5])
+    outs, grads = [], []
+    for trim in (True, False):
+        approx.trim_padding = trim
+        torch.manual_seed(7)
+        out = approx(e, valid, x_t, t)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), x_t)[0])
+    torch.manual_seed(7)  # the plain chain of blocks, every position computed, read at the last
+    h_t = x_t + approx.step_embedding(t)
+    guided = sample_lambda(e.shape, 0.5, dtype=e.dtype) * h_t[:, None]
+    mask = bidirectional_mask(valid)
+    h, query = (e, guided) if cross_attention else (e + guided, None)
+    for block in approx.blocks:
+        h = block(h, mask, query)
+    full = approx.out_norm(h)[:, -1]
+    assert torch.allclose(outs[0], full, atol=1e-10) and torch.allclose(outs[1], full, atol=1e-10)
+    assert torch.allclose(grads[0], grads[1], atol=1e-10)
 
 
 def test_ddim_eta1_all_steps_equals_ddpm_and_fewer_steps_run() -> None:

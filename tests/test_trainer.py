@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from dreamrec.config import TrainConfig
 from dreamrec.data.dataset import PreparedDataset, Sequences, SampleRows, pad_left
+from dreamrec.errors import ConfigError
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.train.checkpoint import load_checkpoint, load_weights
@@ -239,3 +240,24 @@ def test_bf16_autocast_training_keeps_float32_weights(name: str, params: dict, d
             probe = torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3))
         assert probe.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
     assert losses[1] == pytest.approx(losses[0], rel=0.05, abs=0.05)
+
+
+def test_val_sampler_is_used_for_validation_only(dataset: PreparedDataset, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``val_sampler``: the epochs are selected with the cheap sampler; the model keeps its own."""
+    import dreamrec.train.trainer as trainer_module
+
+    seen: list[tuple] = []
+    real = trainer_module.evaluate
+
+    def spy(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        seen.append((model.config.sampler, model.config.sampler_steps, len(model.scheduler.timesteps)))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    params = {"hidden": 16, "n_blocks": 1, "n_heads": 2, "timesteps": 8, "sampler": "ddpm"}
+    model, _ = fit("diffurec", params, dataset, tmp_path, epochs=2, val_sampler="ddim", val_sampler_steps=2)
+    assert seen == [("ddim", 2, 2)] * 2
+    assert (model.config.sampler, model.config.sampler_steps, len(model.scheduler.timesteps)) == ("ddpm", None, 8)
+    with pytest.raises(ConfigError, match="val_sampler"):
+        fit("gru4rec", GRU, dataset, tmp_path / "gru", epochs=1, val_sampler="onestep")

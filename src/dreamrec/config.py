@@ -42,6 +42,11 @@ class TrainConfig(_Strict):
     val_metric: str = "NDCG@20"
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
+    val_sampler: Literal["ddpm", "ddim", "onestep"] | None = Field(
+        None, description="diffusion models: the sampler of the validation runs during training (e.g. a few DDIM "
+        "steps, to select epochs cheaply); None = the model's own. Test and saved model keep the model's sampler"
+    )
+    val_sampler_steps: int | None = Field(None, ge=1, description="S for val_sampler (None = all T)")
     max_len: int | None = Field(None, ge=1, description="history window seen by the model; default the dataset's")
     grad_clip: float | None = Field(5.0, gt=0)
     seed: int = 42

@@ -60,6 +60,7 @@ class DiffuRecConfig(ModelConfig):
     delta: float = Field(0.001, ge=0, description="lambda ~ N(delta, delta): mean and std of the uncertainty")
     position_embedding: bool = Field(False, description="add learned positions to e_i (the authors' code has none)")
     item_init_std: float = Field(1.0, gt=0, description="item table starts at N(0, std^2) (torch's default, as the authors)")
+    trim_padding: bool = Field(True, description="run the approximator in length buckets without padding columns (exact, faster on short histories)")
     # diffusion
     timesteps: int = Field(32, ge=1, description="T, the number of diffusion steps")
     beta_schedule: BetaSchedule = "trunc_lin"
@@ -102,6 +103,7 @@ class DiffuRec(SequentialRecommender):
             num_train_timesteps=config.timesteps,
             rescale_timesteps=config.rescale_timesteps,
             cross_attention=config.cross_attention,
+            trim_padding=config.trim_padding,
         )
         self.scheduler = DiffusionScheduler(
             num_train_timesteps=config.timesteps, beta_schedule=config.beta_schedule, prediction_type="x0"

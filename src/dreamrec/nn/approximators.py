@@ -14,6 +14,10 @@ DiffuRec (Li et al., TOIS 2023; restated by DiffuRecSys, Sec. 5.1) reconstructs 
   ``h <- h + Drop(CrossAttn(Q = lambda ⊙ (x_t + d_t), K = V = LN(h)))``, then self-attention and FFN;
 * ``x0_hat = LN(Drop(h))_n``, the state at the last (most recent) position (Eq. 14).
 
+Only that last state is read, so the last block queries only the last position
+(:meth:`ApproximatorBlock.forward_last`), and with ``trim_padding`` the batch runs in buckets of
+similar history length without their all-padding columns (:func:`length_buckets`). Both are exact.
+
 Attention is bidirectional over the real items (the target is not in the sequence, so nothing
 leaks); padding is never a key, and the diagonal is always allowed so an empty history (all
 padding) gives finite states that depend only on ``x_t`` and ``t``.
@@ -57,6 +61,21 @@ def sample_lambda(shape: torch.Size | tuple[int, ...], delta: float, *, device: 
     """``lambda ~ N(delta, delta^2)``: mean ``delta`` and standard deviation ``delta`` (DiffuRec Eq. 15;
     DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"). Global generator."""
     return delta + delta * torch.randn(shape, device=device, dtype=dtype)
+
+
+def length_buckets(valid: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Split right-aligned rows by history length: ``[(w, rows)]`` where every row of ``rows`` has
+    padding only before its last ``w`` columns, ``w`` a power of two (or the full width ``L``).
+
+    A padding position is never a key (:func:`bidirectional_mask`) and only the last position is read
+    out, so dropping the all-padding columns of a bucket changes no output: on short-history data
+    (Beauty: 8 items on average in a window of 50) most of the attention and feed-forward work goes.
+    An empty history keeps one column (the last, which attends only to itself)."""
+    B, L = valid.shape
+    first = torch.where(valid.any(1), valid.int().argmax(1), L - 1)
+    width = (L - first).clamp(min=1)
+    bucket = (2 ** torch.ceil(torch.log2(width.double()))).long().clamp(max=L)
+    return [(int(w), (bucket == w).nonzero().squeeze(1)) for w in torch.unique(bucket).tolist()]
 
 
 def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -110,6 +129,15 @@ class ApproximatorBlock(nn.Module):
         h = h + self.dropout(self.attn(self.norm1(h), mask))
         return h + self.dropout(self.ffn(self.norm2(h)))
 
+    def forward_last(self, h: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(h, mask, query)[:, -1]`` [B, d] for the last block, whose other positions are never read:
+        every position still gives its keys and values, only the last one is queried and fed forward."""
+        if self.cross is not None:
+            assert query is not None and self.norm_cross is not None
+            h = h + self.dropout(self.cross(query, self.norm_cross(h), mask))
+        last = h[:, -1] + self.dropout(self.attn.forward_last(self.norm1(h), mask)[:, 0])
+        return last + self.dropout(self.ffn(self.norm2(last)))
+
 
 class DiffuRecApproximator(nn.Module):
     """``f_theta(x_t, t, e_{1:n}) -> x0_hat`` (DiffuRec Eq. 14-15; DiffuRecSys Eq. 16 when
@@ -126,9 +154,11 @@ class DiffuRecApproximator(nn.Module):
         num_train_timesteps: int = 32,
         rescale_timesteps: bool = True,
         cross_attention: bool = False,
+        trim_padding: bool = True,
     ):
         super().__init__()
         self.hidden = hidden
+        self.trim_padding = trim_padding
         self.delta = delta
         self.cross_attention = cross_attention
         self.t_scale = 1000.0 / num_train_timesteps if rescale_timesteps else 1.0
@@ -149,12 +179,26 @@ class DiffuRecApproximator(nn.Module):
         ``t`` [B] or a shared [1] -> ``x0_hat`` [B, d]."""
         h_t = x_t + self.step_embedding(t)  # x_t + d_t, [B, d]
         lam = sample_lambda(e.shape, self.delta, device=e.device, dtype=e.dtype)  # lambda_i, [B, L, d]
+        h_t = h_t.expand(x_t.shape[0], -1)
+        if not self.trim_padding:
+            return self._reconstruct(e, valid, lam, h_t)
+        parts, rows = [], []
+        for w, idx in length_buckets(valid):  # the same computation on fewer padding columns
+            parts.append(self._reconstruct(e[idx, -w:], valid[idx, -w:], lam[idx, -w:], h_t[idx]))
+            rows.append(idx)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts).index_select(0, torch.argsort(torch.cat(rows)))
+
+    def _reconstruct(self, e: torch.Tensor, valid: torch.Tensor, lam: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+        """Eq. 14-16 on one batch: ``x0_hat`` [B, d] from ``e``, ``valid``, ``lambda`` [B, L, (d)] and ``x_t + d_t`` [B, d]."""
         guided = lam * h_t[:, None, :]  # lambda_i ⊙ (x_t + d_t)
         mask = bidirectional_mask(valid)
         if self.cross_attention:  # Eq. 16: history states, steered by cross-attention
             h, query = e, guided
         else:  # Eq. 15: z_i = e_i + lambda_i ⊙ (x_t + d_t)
             h, query = e + guided, None
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             h = block(h, mask, query)
-        return self.out_norm(self.out_dropout(h))[:, -1]
+        last = self.blocks[-1].forward_last(h, mask, query)  # only the last position is read (Eq. 14)
+        return self.out_norm(self.out_dropout(last))

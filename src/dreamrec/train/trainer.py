@@ -183,10 +183,24 @@ def train(
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
 
+    if config.val_sampler is not None and not hasattr(model, "set_sampler"):
+        raise ConfigError(f"train.val_sampler: model {model.name!r} has no diffusion sampler to switch")
+
     def validate() -> dict[str, float]:
-        return evaluate(
-            model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device, seed=config.seed
-        )
+        if config.val_sampler is None:
+            return evaluate(
+                model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
+                seed=config.seed,
+            )
+        own = (model.config.sampler, model.config.sampler_steps)
+        model.set_sampler(config.val_sampler, config.val_sampler_steps)
+        try:
+            return evaluate(
+                model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
+                seed=config.seed,
+            )
+        finally:
+            model.set_sampler(*own)
 
     model.fit_statistics(dataset)
 
