@@ -39,6 +39,21 @@ Reference numbers from elsewhere (not measured by these scripts), for comparison
 
 """
 
+# how each data set's DiffuRec sweep runs were trained (file stems start with the data set)
+DIFFUREC_SWEEP_RUNS = {
+    "zhihu": "The runs were trained on the CPU with a short budget (session 3: DiffuRec 12 epochs, DiffuRecSys 6, "
+             "then stopped; `experiments/gpu/NOTES.md`)",
+    "beauty": "The runs were trained on the CPU with a 115-minute budget (session 5: DiffuRec 41 epochs, DiffuRecSys "
+              "+ cross-attention + offset 30, both still improving; `experiments/diffurec/NOTES.md`)",
+}
+
+
+def sweep_runs(stem: str) -> str:
+    """The training caveat of a DiffuRec sweep file ``<dataset>-<variant>``."""
+    return next((v for k, v in DIFFUREC_SWEEP_RUNS.items() if stem.startswith(f"{k}-")),
+                "See the run's own notes for how it was trained")
+
+
 def dreamrec_section(results: Path = RESULTS) -> str:
     """The DreamRec-on-Zhihu part: the T x w validation grid of Table 1, the sampler sweep, timing."""
     lines: list[str] = []
@@ -92,9 +107,8 @@ def dreamrec_section(results: Path = RESULTS) -> str:
                   f"Cheapest sampler within {100 * rec['tolerance']:g} % of the best validation HR@20: "
                   f"**{d['label']}** (val HR@20 {100 * d['val']['HR@20']:.2f} %, test {100 * d['test']['HR@20']:.2f} %). "
                   f"Data: `results/diffurec_sampling/{sweep.name}`; command: `{rec['command']}` ({rec['date']}, "
-                  f"{rec['machine']}). The run was trained on the CPU with a short budget (session 3: DiffuRec "
-                  "12 epochs, DiffuRecSys 6, then stopped; `experiments/gpu/NOTES.md`): the plot compares the "
-                  "samplers' cost and accuracy on one model, not DiffuRec's best accuracy on Zhihu.", ""]
+                  f"{rec['machine']}). {sweep_runs(stem)}: the plot compares the samplers' "
+                  "cost and accuracy on one model, not the model's best accuracy.", ""]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
