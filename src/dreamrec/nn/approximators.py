@@ -179,7 +179,6 @@ class DiffuRecApproximator(nn.Module):
         ``t`` [B] or a shared [1] -> ``x0_hat`` [B, d]."""
         h_t = x_t + self.step_embedding(t)  # x_t + d_t, [B, d]
         lam = sample_lambda(e.shape, self.delta, device=e.device, dtype=e.dtype)  # lambda_i, [B, L, d]
-        h_t = h_t.expand(x_t.shape[0], -1)
         if not self.trim_padding:
             return self._reconstruct(e, valid, lam, h_t)
         parts, rows = [], []

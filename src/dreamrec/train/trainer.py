@@ -187,20 +187,18 @@ def train(
         raise ConfigError(f"train.val_sampler: model {model.name!r} has no diffusion sampler to switch")
 
     def validate() -> dict[str, float]:
-        if config.val_sampler is None:
-            return evaluate(
-                model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
-                seed=config.seed,
-            )
-        own = (model.config.sampler, model.config.sampler_steps)
-        model.set_sampler(config.val_sampler, config.val_sampler_steps)
+        own = None
+        if config.val_sampler is not None:  # select with the cheaper sampler, then give the model its own back
+            own = (model.config.sampler, model.config.sampler_steps)
+            model.set_sampler(config.val_sampler, config.val_sampler_steps)
         try:
             return evaluate(
                 model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
                 seed=config.seed,
             )
         finally:
-            model.set_sampler(*own)
+            if own is not None:
+                model.set_sampler(*own)
 
     model.fit_statistics(dataset)
 
