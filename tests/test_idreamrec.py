@@ -156,6 +156,18 @@ def test_loss_and_table_shapes(data, tmp_path):
     assert torch.isfinite(loss) and model.denoiser.out.weight.grad is not None
 
 
+def test_bf16_training_then_float32_evaluation(data, tmp_path):
+    """``precision: bf16`` (autocast in the training step only): the cached item table stays float32, so
+    validation and queries outside autocast work (a bf16 table broke them on the GPU)."""
+    cfg = {**TRAIN, "epochs": 1, "eval_every": 1, "precision": "bf16"}
+    model = IDreamRec(data.dataset.n_items, 10, IDreamRecConfig(**{**FAST, "text_cache_dir": str(tmp_path / "c")}))
+    result = train(model, data.dataset, TrainConfig(**cfg), tmp_path / "run", progress=False)
+    assert result.history and np.isfinite(result.history[0]["loss"])
+    assert model.item_embeddings().dtype == torch.float32
+    q = model.query(torch.from_numpy(data.dataset.test.history[:4, -10:]), ["jazz", None, None, None])
+    assert q.dtype == torch.float32 and torch.isfinite(q).all()
+
+
 def test_learns_planted_pattern(data, trained):
     ds = data.dataset
     pop = Popularity(ds.n_items, 10)

@@ -53,6 +53,16 @@ case "$1" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'pydantic', pydantic.VERSION)" || exit 1
+    # MPS lets the workers' small kernels share the GPU instead of time-slicing whole contexts; off if it fails
+    if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+      mkdir -p /tmp/mps-pipe /tmp/mps-log && nvidia-cuda-mps-control -d
+      if timeout 120 python3 -c "import torch; print('mps client ok', torch.ones(4, device='cuda').sum().item())"; then
+        echo "MPS on"
+      else
+        echo quit | nvidia-cuda-mps-control; sleep 2; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; echo "MPS off"
+      fi
+    fi
     setsid nohup python3 benchmarks/jobqueue.py "$2" --workers "$3" --logs runs/gpu/logs > runs/gpu/queue.out 2>&1 < /dev/null &
     sleep 5
     watch "$4"
