@@ -40,6 +40,22 @@ def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "params": params, "train": train}
 
 
+def same_run(done: dict[str, Any], key: dict[str, Any]) -> bool:
+    """Whether the finished seed record ``done`` stands in for a run whose cache key is ``key``.
+
+    Its resolved config must give the same key, except for ``train.max_minutes`` when that budget did
+    not stop the finished run: a wall-clock limit that never bound changed nothing that was computed
+    (a GPU seed that early-stopped inside 12 minutes is the run an unbudgeted CPU seed would do). A
+    seed stopped by its budget matches only the same budget."""
+    have = _cache_key(done["config"])
+    if have == key:
+        return True
+    if done.get("stopped_by_budget"):
+        return False
+    strip = lambda k: {**k, "train": {n: v for n, v in k["train"].items() if n != "max_minutes"}}  # noqa: E731
+    return strip(have) == strip(key)
+
+
 def _resumable(out: Path, resolved: dict[str, Any]) -> bool:
     """True when ``out`` holds an unfinished run (a checkpoint, no final weights) of the same config:
     an interrupted benchmark then continues where it stopped (``seconds`` counts this sitting only)."""
@@ -83,13 +99,13 @@ def run_variant(
         seed_file = results_dir / "seeds" / f"{dataset_name}__{variant}__seed{seed}.json"
         key = _cache_key(resolved)
         done = json.loads(seed_file.read_text()) if seed_file.exists() else None
-        if done is not None and _cache_key(done["config"]) != key:
+        if done is not None and not same_run(done, key):
             done = None
         if done is None:
             for folder, other in reuse or []:
                 f = folder / f"{dataset_name}__{other}__seed{seed}.json"
                 cand = json.loads(f.read_text()) if f.exists() else None
-                if cand is not None and _cache_key(cand["config"]) == key:
+                if cand is not None and same_run(cand, key):
                     print(f"reusing {f} as {seed_file.name}")
                     seed_file.parent.mkdir(parents=True, exist_ok=True)
                     seed_file.write_text(json.dumps(cand, indent=2))

@@ -51,14 +51,15 @@ QUICK_PARAMS = dict(text_encoder="hashing:32", hidden=32, n_layers=1, n_heads=2,
 QUICK_TRAIN = dict(epochs=6, batch_size=128, lr=3e-3, patience=100, eval_every=100, max_len=10)
 
 
-def fit(dataset: PreparedDataset, raw: dict[str, Any], seed: int, out: Path) -> IDreamRec:
-    """Train iDreamRec (config ``raw``) on ``dataset`` with ``seed`` (weights in ``out``)."""
+def fit(dataset: PreparedDataset, raw: dict[str, Any], seed: int, out: Path) -> tuple[IDreamRec, dict[str, Any]]:
+    """Train iDreamRec (config ``raw``) on ``dataset`` with ``seed`` (weights in ``out``); also returns
+    how the training ended (epochs, best epoch, whether ``train.max_minutes`` stopped it)."""
     cfg = build_run_config(apply_overrides(raw, [f"train.seed={seed}"]), "idreamrec")
     seed_everything(seed)
     max_len = cfg.train.max_len or dataset.max_len
     model = IDreamRec(dataset.n_items, max_len, IDreamRecConfig(**cfg.params))
-    train(model, dataset, cfg.train.model_copy(update={"max_len": max_len}), out, progress=False, log=print)
-    return model
+    r = train(model, dataset, cfg.train.model_copy(update={"max_len": max_len}), out, progress=False, log=print)
+    return model, {"epochs_trained": len(r.history), "best_epoch": r.best_epoch, "stopped_by_budget": r.stopped_by_budget}
 
 
 def genre_intents(dataset: PreparedDataset) -> tuple[list[str], list[set[str]]]:
@@ -73,8 +74,8 @@ def genre_intents(dataset: PreparedDataset) -> tuple[list[str], list[set[str]]]:
 def run_seed(dataset: PreparedDataset, raw: dict[str, Any], seed: int, runs: Path, quick: bool,
              topic: np.ndarray | None) -> dict[str, Any]:
     t0 = time.time()
-    model = fit(dataset, raw, seed, runs / f"seed{seed}")
-    res: dict[str, Any] = {"seed": seed, "train_seconds": time.time() - t0, "samplers": {}}
+    model, how = fit(dataset, raw, seed, runs / f"seed{seed}")
+    res: dict[str, Any] = {"seed": seed, "train_seconds": time.time() - t0, "training": {"model": how}, "samplers": {}}
     rows = dataset.test
     for label, sampler, steps in SAMPLERS:
         model.set_sampler(sampler, steps)
@@ -94,7 +95,7 @@ def run_seed(dataset: PreparedDataset, raw: dict[str, Any], seed: int, runs: Pat
     res["intent"] = {"HR@10_without": base["HR@10"], "HR@10_with": withi["HR@10"],
                      "share_top10_with_intent_without": share(base), "share_top10_with_intent_with": share(withi)}
     cold_ds, cold = cold_start_split(dataset, frac=0.1, seed=seed)
-    cold_model = fit(cold_ds, raw, seed, runs / f"cold_seed{seed}")
+    cold_model, res["training"]["cold_model"] = fit(cold_ds, raw, seed, runs / f"cold_seed{seed}")
     cs = evaluate_cold_start(cold_model, cold_ds, cold, ks=(20,), seed=seed)
     res["cold_start"] = {"n_rows": cs["n"], "n_cold_items": cs["n_cold_items"],
                          **({"HR@20": cs["model"]["HR@20"], "popularity_HR@20": cs["popularity"]["HR@20"],

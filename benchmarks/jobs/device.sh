@@ -22,7 +22,7 @@ status() {
 pack() {
   local extra=()
   for d in runs/bench/runs/*/diffurec*/seed0; do
-    [ -f "$d/model.safetensors" ] && extra+=("$d/model.safetensors" "$d/config.yaml" "$d/log.jsonl")
+    [ -f "$d/model.safetensors" ] && extra+=("$d/model.safetensors" "$d/config.yaml" "$d/log.jsonl" "$d/run.json" "$d/items.parquet")
   done
   tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs 2>/dev/null
   [ ${#extra[@]} -gt 0 ] && tar czf "$OUT/weights.tgz" "${extra[@]}" 2>/dev/null
