@@ -22,9 +22,13 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
 
+# model options that change how a result is computed, never the result (tested to be exact)
+EXACT_PARAMS = ("trim_padding",)
+
+
 def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config, with every default filled in, without the settings that say where it ran,
-    not what it computes (thread count, device): a seed trained on a GPU stands in for the same config
+    not what it computes (thread count, device, the exact options of ``EXACT_PARAMS``): a seed trained on a GPU stands in for the same config
     on a CPU. Defaults are filled in again through the typed configs, so a seed saved before an option
     existed still matches when the option keeps its default. Each seed file keeps its ``machine`` and
     resolved ``device``, and the tables say which rows ran where."""
@@ -37,6 +41,7 @@ def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - an unreadable old config simply does not match
         params, train = config.get("params", {}), dict(config.get("train", {}))
     train = {k: v for k, v in train.items() if k not in ("threads", "device")}
+    params = {k: v for k, v in params.items() if k not in EXACT_PARAMS}
     return {**config, "params": params, "train": train}
 
 

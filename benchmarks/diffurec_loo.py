@@ -56,10 +56,10 @@ CAVEATS = {
                "three other settings, trained with bf16 autocast (experiments/baselines/NOTES.md)",
     "dreamrec": "the paper's method (Zhihu selection T 200, w 0); its item table collapses on these splits "
                 "(experiments/dreamrec/NOTES.md)",
-    "diffurec": "the authors train at least about 100 epochs; ours ran inside a time budget on a GPU shared by 16 "
+    "diffurec": "the authors train for about 100 epochs or more; ours ran inside a time budget on a GPU shared by 16 "
                 "jobs (bf16), see the stop notes below and experiments/diffurec/NOTES.md",
     "diffurecsys-xattn": "as diffurec; without offset noise two of three seeds were slow to start (validation "
-                         "HR@20 near 2-3 % for ten epochs, still rising at the budget)",
+                         "HR@20 below 3 % for ten epochs, still rising at the budget)",
     "diffurecsys-xattn-offset": "as diffurec",
 }
 

@@ -26,3 +26,9 @@ def test_a_budget_counts_only_where_it_stopped_the_run():
     assert same_run(stopped, _cache_key(_config(max_minutes=12)))
     assert not same_run(stopped, _cache_key(_config()))
     assert not same_run(stopped, _cache_key(_config(max_minutes=30)))
+
+
+def test_exact_implementation_options_are_not_part_of_the_key():
+    diffurec = lambda **p: {"model": "diffurec", "params": {"hidden": 16, **p}, "train": {"epochs": 5}}  # noqa: E731
+    assert same_run({"config": diffurec(trim_padding=True)}, _cache_key(diffurec(trim_padding="auto")))
+    assert not same_run({"config": diffurec(n_blocks=1)}, _cache_key(diffurec(n_blocks=2)))

@@ -227,6 +227,15 @@ def test_trimmed_last_token_approximator_is_exact(cross_attention: bool) -> None
     assert torch.allclose(grads[0], grads[1], atol=1e-10)
 
 
+def test_trim_padding_auto_trims_on_the_cpu_only() -> None:
+    approx = build_model("diffurec", 30, 8, SMALL).approximator
+    assert approx.trim_padding == "auto"
+    assert approx.trims(torch.device("cpu")) and not approx.trims(torch.device("cuda"))
+    for fixed in (True, False):
+        approx.trim_padding = fixed
+        assert approx.trims(torch.device("cpu")) is fixed and approx.trims(torch.device("cuda")) is fixed
+
+
 def test_ddim_eta1_all_steps_equals_ddpm_and_fewer_steps_run() -> None:
     torch.manual_seed(0)
     model = build_model("diffurec", 30, 8, {**SMALL, "timesteps": 10})

@@ -60,7 +60,9 @@ class DiffuRecConfig(ModelConfig):
     delta: float = Field(0.001, ge=0, description="lambda ~ N(delta, delta): mean and std of the uncertainty")
     position_embedding: bool = Field(False, description="add learned positions to e_i (the authors' code has none)")
     item_init_std: float = Field(1.0, gt=0, description="item table starts at N(0, std^2) (torch's default, as the authors)")
-    trim_padding: bool = Field(True, description="run the approximator in length buckets without padding columns (exact, faster on short histories)")
+    trim_padding: bool | Literal["auto"] = Field(
+        "auto", description="run the approximator in length buckets without padding columns (exact): fewer "
+        "FLOPs on short histories but about 4x the operator calls, so 'auto' trims on the CPU and not on a GPU")
     # diffusion
     timesteps: int = Field(32, ge=1, description="T, the number of diffusion steps")
     beta_schedule: BetaSchedule = "trunc_lin"

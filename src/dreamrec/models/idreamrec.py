@@ -210,13 +210,13 @@ class IDreamRec(SequentialRecommender):
     def item_embeddings(self) -> torch.Tensor:
         """``[n + 1, D]``: ``A(e_j)`` for items 1..n, row 0 zero (padding). Cached; the table is fixed.
 
-        Always float32: the first call may come inside the trainer's bf16 autocast, and a cached bf16
-        table would then meet float32 weights at evaluation.
+        Built with autocast off, in the model's own dtype: the first call may come inside the trainer's
+        bf16 autocast, and a cached bf16 table would then meet float32 weights at evaluation.
         """
         if self._table is None or self._table.device != self.item_text_emb.device:
             dev = self.item_text_emb.device.type
             with torch.no_grad(), torch.autocast(device_type=dev, enabled=False):
-                table = self.A(self.item_text_emb.float())
+                table = self.A(self.item_text_emb)
                 table[0] = 0
             self._table = table
         return self._table

@@ -15,8 +15,9 @@ DiffuRec (Li et al., TOIS 2023; restated by DiffuRecSys, Sec. 5.1) reconstructs 
 * ``x0_hat = LN(Drop(h))_n``, the state at the last (most recent) position (Eq. 14).
 
 Only that last state is read, so the last block queries only the last position
-(:meth:`ApproximatorBlock.forward_last`), and with ``trim_padding`` the batch runs in buckets of
-similar history length without their all-padding columns (:func:`length_buckets`). Both are exact.
+(:meth:`ApproximatorBlock.forward_last`), and with ``trim_padding`` (by default on the CPU only) the
+batch runs in buckets of similar history length without their all-padding columns
+(:func:`length_buckets`). Both are exact.
 
 Attention is bidirectional over the real items (the target is not in the sequence, so nothing
 leaks); padding is never a key, and the diagonal is always allowed so an empty history (all
@@ -154,7 +155,7 @@ class DiffuRecApproximator(nn.Module):
         num_train_timesteps: int = 32,
         rescale_timesteps: bool = True,
         cross_attention: bool = False,
-        trim_padding: bool = True,
+        trim_padding: bool | str = "auto",
     ):
         super().__init__()
         self.hidden = hidden
@@ -169,6 +170,15 @@ class DiffuRecApproximator(nn.Module):
         self.out_dropout = Dropout(dropout)
         self.out_norm = nn.LayerNorm(hidden)
 
+    def trims(self, device: torch.device) -> bool:
+        """Whether :meth:`forward` runs length buckets on ``device``. ``"auto"``: on the CPU only. A Beauty
+        training step trimmed issues about 4x the operator calls of the full-width step (17k against 4.3k
+        with 7 buckets), which costs more than the padding FLOPs it saves where kernel launches dominate (a
+        GPU running this small model); on the CPU the saved FLOPs win (2.20 s -> 0.58 s per step)."""
+        if self.trim_padding == "auto":
+            return device.type == "cpu"
+        return bool(self.trim_padding)
+
     def step_embedding(self, t: torch.Tensor) -> torch.Tensor:
         """``d_t`` [N, d] for 0-based steps ``t`` [N]."""
         dtype = self.time_mlp[0].weight.dtype  # follow the weights (e.g. after ``.double()``)
@@ -179,7 +189,7 @@ class DiffuRecApproximator(nn.Module):
         ``t`` [B] or a shared [1] -> ``x0_hat`` [B, d]."""
         h_t = x_t + self.step_embedding(t)  # x_t + d_t, [B, d]
         lam = sample_lambda(e.shape, self.delta, device=e.device, dtype=e.dtype)  # lambda_i, [B, L, d]
-        if not self.trim_padding:
+        if not self.trims(e.device):
             return self._reconstruct(e, valid, lam, h_t)
         parts, rows = [], []
         for w, idx in length_buckets(valid):  # the same computation on fewer padding columns
