@@ -28,10 +28,10 @@ EXACT_PARAMS = ("trim_padding",)
 
 def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config, with every default filled in, without the settings that say where it ran,
-    not what it computes (thread count, device, the exact options of ``EXACT_PARAMS``): a seed trained on a GPU stands in for the same config
-    on a CPU. Defaults are filled in again through the typed configs, so a seed saved before an option
-    existed still matches when the option keeps its default. Each seed file keeps its ``machine`` and
-    resolved ``device``, and the tables say which rows ran where."""
+    not what it computes (thread count, device, the exact options of ``EXACT_PARAMS``): a seed trained
+    on a GPU stands in for the same config on a CPU. Defaults are filled in again through the typed
+    configs, so a seed saved before an option existed still matches when the option keeps its default.
+    Each seed file keeps its ``machine`` and resolved ``device``, and the tables say which rows ran where."""
     from dreamrec.config import TrainConfig
     from dreamrec.models.registry import get_model_class
 

@@ -31,6 +31,7 @@ code uses a linear "efficient attention" with feature-wise softmaxes).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -155,7 +156,7 @@ class DiffuRecApproximator(nn.Module):
         num_train_timesteps: int = 32,
         rescale_timesteps: bool = True,
         cross_attention: bool = False,
-        trim_padding: bool | str = "auto",
+        trim_padding: bool | Literal["auto"] = "auto",
     ):
         super().__init__()
         self.hidden = hidden
