@@ -133,3 +133,26 @@ def test_exclude_seen_covers_history_beyond_the_window(tmp_path, small_synthetic
     history = popular[:3] + ds.to_original(np.array([ds.n_items, ds.n_items - 1]))  # popular items are old
     r = rec.recommend(history, k=ds.n_items, exclude_seen=True)
     assert not set(r.items) & set(history) and len(r.items) == ds.n_items - len(set(history))
+
+
+def test_mixture_dreamrec_serves_its_mixture_scores(tmp_path, small_synthetic):
+    """DreamRec with ``draws > 1`` ranks by its K-draw mixture, not by one query: the Recommender
+    scores it exactly (no retrieval index), and the reloaded artifact gives identical scores."""
+    ds = small_synthetic.dataset
+    params = {"hidden": 16, "timesteps": 20, "ce_weight": 1.0, "x0_weight": 0.0, "draws": 3,
+              "train_timesteps": "last", "sampler": "onestep"}
+    run = _trained(tmp_path, ds, model="dreamrec", params=params)
+    a, b = load_run(run).model, load_run(run).model
+    assert not a.ranks_by_query()
+    h = torch.from_numpy(ds.test.history[:1, -a.max_len:])
+    torch.manual_seed(1)
+    with torch.no_grad():
+        s = a.score(h)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert torch.equal(s, b.score(h))
+    rec = Recommender.load(run)
+    assert rec.retrieval is None
+    r = rec.recommend(ds.to_original(ds.test.history[0][ds.test.history[0] > 0]), k=5)
+    assert list(r.items) == list(ds.to_original(s[0].topk(5).indices.numpy() + 1))
+    assert np.allclose(r.scores, s[0].topk(5).values.numpy(), atol=1e-6)

@@ -80,3 +80,9 @@ class SequentialRecommender(nn.Module):
     def score(self, history: torch.Tensor) -> torch.Tensor:
         """[B, L] history -> [B, n_items] scores of internal items 1..n_items."""
         return self.query(history) @ self.item_embeddings()[1:].T
+
+    def ranks_by_query(self) -> bool:
+        """True when :meth:`score` is ``query @ item_embeddings()[1:].T``, so a retrieval index
+        over the item table ranks exactly as :meth:`score`; False for models that score items
+        directly (popularity, DiffRec) or combine several queries (DreamRec with ``draws > 1``)."""
+        return type(self).score is SequentialRecommender.score

@@ -48,9 +48,16 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
   against the whole catalog, ``-log softmax(f(x_t, c, t) E[1:]^T / ce_temperature)[target]``.
   This gives up the paper's "no negative sampling" (every other item is a negative): it scores the
   x0 prediction exactly as retrieval will, and keeps the table from collapsing.
+* ``draws = K > 1`` (with ``ce_weight > 0``): the generator defines a mixture over its noise,
+  ``p(i | h) = E_{x_T}[softmax(f(x_T, c) E^T)_i]``, estimated with K draws; training maximises
+  ``log (1/K) sum_k softmax(x0_hat^k E^T)[target]`` (the cross-entropy term becomes this mixture
+  likelihood), and :meth:`score` ranks items by the same K-draw mixture. A single query vector
+  ranks items by one inner product; a mixture of K queries can put several separate groups of
+  items on top (the "softmax bottleneck" of Yang et al., 2018).
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import ClassVar, Literal
 
@@ -118,6 +125,10 @@ class DreamRecConfig(ModelConfig):
         False, description="self-conditioning (Chen et al., 2023): the denoiser also takes its own previous "
         "x0 estimate (trained on half of the batches), and sampling feeds it back at every step"
     )
+    draws: int = Field(
+        1, ge=1, description="K > 1 (with ce_weight > 0): K noise draws per history define a mixture of K "
+        "softmaxes, trained by its likelihood and used to score items (1 = one query, the paper)"
+    )
     train_timesteps: Literal["uniform", "last"] = Field(
         "uniform", description="uniform: t ~ U{1..T} (Algorithm 1); last: always t = T, training for one-step generation"
     )
@@ -131,6 +142,8 @@ class DreamRecConfig(ModelConfig):
             self.sampler_steps = self.timesteps  # the default S on a short chain: every step
         if self.x0_weight == 0 and self.ce_weight == 0:
             raise ValueError("x0_weight and ce_weight are both 0: the model would have no loss")
+        if self.draws > 1 and self.ce_weight == 0:
+            raise ValueError(f"draws={self.draws} needs ce_weight > 0: the K draws form a mixture of softmaxes")
         return self
 
 
@@ -142,6 +155,13 @@ def x0_loss(x0_hat: torch.Tensor, x0: torch.Tensor, kind: str = "mse") -> torch.
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(x0_hat, x0, dim=-1, eps=1e-8)).mean()
     raise ValueError(f"unknown x0 loss {kind!r}; expected mse or cosine")
+
+
+def mixture_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``log (1/K) sum_k softmax(logits[k])`` [B, N] from ``logits`` [K, B, N]: the log-probabilities
+    of an equal-weight mixture of K softmaxes."""
+    K = logits.shape[0]
+    return torch.logsumexp(F.log_softmax(logits.float(), dim=-1), dim=0) - math.log(K)
 
 
 class DreamRec(SequentialRecommender):
@@ -200,12 +220,15 @@ class DreamRec(SequentialRecommender):
         cfg = self.config
         history = batch.history[:, -self.max_len :]
         B, L = history.shape
+        K = cfg.draws
         # one lookup for the history and the targets e_n^0: a single dense gradient of the table
         rows = self.item_embedding(torch.cat([history.reshape(-1), batch.target]))
         x0 = rows[B * L :]  # e_n^0, gradients flow into the table
         if not cfg.target_grad:
             x0 = x0.detach()
         c = drop_condition(self.guidance(history, rows[: B * L].view(B, L, -1)), self.null_condition, cfg.p_uncond)
+        if K > 1:  # K noise draws per row, draw-major: row k * B + b is draw k of row b
+            x0, c = x0.repeat(K, 1), c.repeat(K, 1)
         if cfg.train_timesteps == "last":
             t = torch.full((x0.shape[0],), self.scheduler.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
         else:
@@ -217,10 +240,15 @@ class DreamRec(SequentialRecommender):
             with torch.no_grad():
                 x0_sc = self.denoiser(x_t, t, c)
         x0_hat = self.denoiser(x_t, t, c, x0_sc=x0_sc)
-        loss = cfg.x0_weight * x0_loss(x0_hat, x0, cfg.x0_loss)
+        loss = cfg.x0_weight * x0_loss(x0_hat, x0, cfg.x0_loss) if cfg.x0_weight > 0 else x0_hat.new_zeros(())
         if cfg.ce_weight > 0:
             logits = x0_hat @ self.item_embedding.weight[1:].T / cfg.ce_temperature  # real items only
-            loss = loss + cfg.ce_weight * F.cross_entropy(logits, batch.target - 1)
+            if K == 1:
+                ce = F.cross_entropy(logits, batch.target - 1)
+            else:  # -log (1/K) sum_k softmax(logits_k)[target]
+                log_p = mixture_log_probs(logits.view(K, B, -1))
+                ce = -log_p.gather(1, (batch.target - 1).unsqueeze(1)).mean()
+            loss = loss + cfg.ce_weight * ce
         return loss
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
@@ -240,9 +268,12 @@ class DreamRec(SequentialRecommender):
 
     # -- generation (Algorithm 2) ------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, history: torch.Tensor) -> torch.Tensor:
-        """The oracle items ``e_n^0`` [B, d] generated for each history (reverse process, guided)."""
+    def generate(self, history: torch.Tensor, draws: int = 1) -> torch.Tensor:
+        """The oracle items ``e_n^0`` [B, d] generated for each history (reverse process, guided);
+        with ``draws = K > 1``, K independent draws per history [K * B, d], draw-major."""
         c = self.guidance(history)
+        if draws > 1:
+            c = c.repeat(draws, 1)
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
         # the condition's share of the first layer is the same at every step: compute it once
         c_proj = self.denoiser.project_condition(model_fn.condition)
@@ -267,7 +298,23 @@ class DreamRec(SequentialRecommender):
         switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w)
 
     def query(self, history: torch.Tensor) -> torch.Tensor:
+        """One generated oracle item per history [B, d]. With ``draws > 1`` this is one draw of the
+        mixture; :meth:`score` uses all K (use it, not the query, to rank)."""
         return self.generate(history)
+
+    def score(self, history: torch.Tensor) -> torch.Tensor:
+        """[B, n_items]: ``x_0 E^T`` of the generated oracle item, or with ``draws = K > 1`` the
+        log-probability of each item under the K-draw mixture ``(1/K) sum_k softmax(x0^k E^T)``."""
+        K = self.config.draws
+        if K == 1:
+            return super().score(history)
+        B = history.shape[0]
+        q = self.generate(history, draws=K)  # draw-major, as in training
+        logits = q @ self.item_embeddings()[1:].T / self.config.ce_temperature
+        return mixture_log_probs(logits.view(K, B, -1))
+
+    def ranks_by_query(self) -> bool:
+        return self.config.draws == 1  # a K-draw mixture is not one inner product: no retrieval index
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_embedding.weight

@@ -27,7 +27,6 @@ import torch
 
 from dreamrec.data.dataset import _coerce_id, _py
 from dreamrec.eval.evaluate import exclude_history, seeded_rng
-from dreamrec.models.base import SequentialRecommender
 from dreamrec.retrieval.base import ItemIndex, build_index
 from dreamrec.retrieval.exact import topk_from_scores
 from dreamrec.train.run import load_run
@@ -61,11 +60,6 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"items": self.items, "scores": self.scores, "unknown": self.unknown, "truncated": self.truncated}
-
-
-def _overrides_score(model: SequentialRecommender) -> bool:
-    """True for models that score items directly (popularity, DiffRec) instead of via a query."""
-    return type(model).score is not SequentialRecommender.score
 
 
 class Recommender:
@@ -102,7 +96,7 @@ class Recommender:
         self._ids = np.asarray([_py(v) for v in ids], dtype=object)
         self._lock = threading.Lock()
         self.retrieval: ItemIndex | None = None
-        if not _overrides_score(self.model):
+        if self.model.ranks_by_query():
             with torch.no_grad():
                 table = self.model.item_embeddings()[1:].detach().float().contiguous()
             self.retrieval = build_index(table, index, **(index_options or {}))
