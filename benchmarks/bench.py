@@ -28,7 +28,7 @@ EXACT_PARAMS = ("trim_padding",)
 
 def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config, with every default filled in, without the settings that say where it ran,
-    not what it computes (thread count, device, the exact options of ``EXACT_PARAMS``): a seed trained
+    not what it computes (thread count, device, torch.compile, the exact options of ``EXACT_PARAMS``): a seed trained
     on a GPU stands in for the same config on a CPU. Defaults are filled in again through the typed
     configs, so a seed saved before an option existed still matches when the option keeps its default.
     Each seed file keeps its ``machine`` and resolved ``device``, and the tables say which rows ran where."""
@@ -40,7 +40,7 @@ def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
         train = TrainConfig(**config["train"]).model_dump(mode="json")
     except Exception:  # noqa: BLE001 - an unreadable old config simply does not match
         params, train = config.get("params", {}), dict(config.get("train", {}))
-    train = {k: v for k, v in train.items() if k not in ("threads", "device")}
+    train = {k: v for k, v in train.items() if k not in ("threads", "device", "compile")}
     params = {k: v for k, v in params.items() if k not in EXACT_PARAMS}
     return {**config, "params": params, "train": train}
 

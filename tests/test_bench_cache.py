@@ -14,6 +14,7 @@ def _config(**train):
 def test_device_and_threads_do_not_matter_but_hyperparameters_do():
     done = {"config": _config(device="cuda", threads=1)}
     assert same_run(done, _cache_key(_config(device="cpu", threads=2)))
+    assert same_run({"config": _config(compile=True)}, _cache_key(_config()))  # torch.compile: same run
     assert not same_run(done, _cache_key(_config(lr=0.5)))
     assert not same_run({"config": _config(precision="bf16")}, _cache_key(_config()))
 

@@ -61,6 +61,11 @@ class TrainConfig(_Strict):
         "fp32", description="bf16: the training forward pass and loss under bfloat16 autocast (weights, optimiser "
         "and evaluation stay float32); mainly for GPUs"
     )
+    compile: bool = Field(
+        False, description="compile the training loss with torch.compile (fewer, fused kernels: for GPU jobs bound "
+        "by launching many small kernels); the same model and loss, other random draws; falls back to eager "
+        "with a warning where compilation fails"
+    )
 
 
 class RunConfig(_Strict):

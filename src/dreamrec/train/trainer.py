@@ -19,6 +19,7 @@ import math
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,14 +131,35 @@ def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
+def compiled_loss(model: SequentialRecommender, say: Callable[[str], None]) -> Callable[[Batch], torch.Tensor]:
+    """``model.loss`` under ``torch.compile``; a compilation failure (no compiler, an unsupported
+    operation) falls back to eager ``model.loss`` for the rest of training, with a message."""
+    compiled = torch.compile(model.loss)
+    state = {"fn": compiled}
+
+    def loss_fn(batch: Batch) -> torch.Tensor:
+        if state["fn"] is compiled:
+            try:
+                return compiled(batch)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: train on, uncompiled
+                msg = f"train.compile: compilation failed ({type(err).__name__}: {str(err)[:200]}); training uncompiled"
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                say(msg)
+                state["fn"] = model.loss
+        return state["fn"](batch)
+
+    return loss_fn
+
+
 def train_step(
     model: SequentialRecommender, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig,
-    device: torch.device,
+    device: torch.device, loss_fn: Callable[[Batch], torch.Tensor] | None = None,
 ) -> float:
     """One optimiser step on ``batch`` (already on ``device``): loss under :func:`autocast`, backward,
-    gradient clipping, step; returns the loss value."""
+    gradient clipping, step; returns the loss value. ``loss_fn`` defaults to ``model.loss`` (the
+    trainer passes its compiled form with ``config.compile``)."""
     with autocast(config, device):
-        loss = model.loss(batch)
+        loss = (loss_fn or model.loss)(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip is not None:
@@ -230,6 +252,7 @@ def train(
             say(f"no checkpoint in {ckpt_dir}; starting from scratch")
         _write_log(log_path, [])
 
+    loss_fn = compiled_loss(model, say) if config.compile else model.loss
     epoch = state["epoch"]
     started = time.perf_counter()
     out_of_time = False
@@ -241,7 +264,7 @@ def train(
         total_loss, count = 0.0, 0
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
         for batch in bar:
-            value = train_step(model, batch.to(device), optimizer, config, device)
+            value = train_step(model, batch.to(device), optimizer, config, device, loss_fn)
             if not math.isfinite(value):
                 bar.close()
                 raise FloatingPointError(f"epoch {epoch}: training loss is {value}")
