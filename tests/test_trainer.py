@@ -245,16 +245,16 @@ def test_bf16_autocast_training_keeps_float32_weights(name: str, params: dict, d
 def test_val_sampler_is_used_for_validation_only(dataset: PreparedDataset, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``val_sampler``: the epochs are selected with the cheap sampler; the model keeps its own."""
-    import dreamrec.train.trainer as trainer_module
+    from dreamrec.train import distributed
 
     seen: list[tuple] = []
-    real = trainer_module.evaluate
+    real = distributed.evaluate_sharded
 
     def spy(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         seen.append((model.config.sampler, model.config.sampler_steps, len(model.scheduler.timesteps)))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    monkeypatch.setattr(distributed, "evaluate_sharded", spy)
     params = {"hidden": 16, "n_blocks": 1, "n_heads": 2, "timesteps": 8, "sampler": "ddpm"}
     model, _ = fit("diffurec", params, dataset, tmp_path, epochs=2, val_sampler="ddim", val_sampler_steps=2)
     assert seen == [("ddim", 2, 2)] * 2

@@ -25,7 +25,7 @@ from dreamrec import __version__
 from dreamrec.config import RunConfig, build_run_config
 from dreamrec.data.dataset import PreparedDataset
 from dreamrec.errors import ArtifactError, ConfigError
-from dreamrec.eval.evaluate import evaluate
+from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
 
@@ -70,13 +70,18 @@ def train_run(
     log: Callable[[str], None] | None = print,
     dataset: PreparedDataset | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` on the prepared dataset at ``data_dir`` into ``out_dir``; returns metrics.json."""
+    """Train ``config`` on the prepared dataset at ``data_dir`` into ``out_dir``; returns metrics.json.
+
+    Under ``torchrun`` every process calls this; rank 0 writes the run directory, the others train
+    their share of each batch (:mod:`dreamrec.train.distributed`)."""
+    from dreamrec.train import distributed
     from dreamrec.train.trainer import train
 
     out_dir = Path(out_dir)
     dataset = dataset if dataset is not None else PreparedDataset.load(data_dir)
     from dreamrec.train.trainer import seed_everything
 
+    env, device = distributed.setup(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)  # the initial weights depend on the seed too
@@ -87,6 +92,26 @@ def train_run(
         raise ArtifactError(f"{out_dir}: already holds a trained run; use --resume or another --out")
     if not resume and (out_dir / "checkpoint").exists():
         raise ArtifactError(f"{out_dir}: holds an unfinished run (checkpoint/); use --resume or another --out")
+    distributed.barrier(env)  # every rank has checked the directory before rank 0 writes into it
+    if env.is_main:
+        _write_run_files(config, dataset, data_dir, out_dir)
+    model.to(device)
+    result = train(model, dataset, config.train, out_dir, resume=resume, progress=progress, log=log)
+    test = distributed.evaluate_sharded(
+        model, dataset.test, env, ks=DEFAULT_KS, batch_size=config.train.eval_batch_size, device=device,
+        seed=config.train.seed,
+    )
+    metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test,
+               "epochs_trained": result.history[-1]["epoch"] if result.history else 0,
+               "stopped_by_budget": result.stopped_by_budget}
+    if env.is_main:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    distributed.barrier(env)  # the run directory is complete when any rank returns
+    return metrics
+
+
+def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str | Path, out_dir: Path) -> None:
+    """``config.yaml``, ``run.json`` and ``items.parquet`` of a run about to train."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     run_info = {
@@ -98,16 +123,6 @@ def train_run(
     }
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2))
     _save_items(dataset, out_dir / "items.parquet")
-    model.to(config.train.device)
-    result = train(model, dataset, config.train, out_dir, resume=resume, progress=progress, log=log)
-    test = evaluate(
-        model, dataset.test, batch_size=config.train.eval_batch_size, device=config.train.device, seed=config.train.seed
-    )
-    metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test,
-               "epochs_trained": result.history[-1]["epoch"] if result.history else 0,
-               "stopped_by_budget": result.stopped_by_budget}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
 
 
 def _save_items(dataset: PreparedDataset, path: Path) -> None:

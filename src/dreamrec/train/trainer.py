@@ -33,9 +33,9 @@ from dreamrec.config import TrainConfig
 from dreamrec.data.batching import Batch, iter_pairs, iter_seq2seq, n_pairs, n_seq2seq
 from dreamrec.data.dataset import PreparedDataset
 from dreamrec.errors import ConfigError
-from dreamrec.eval.evaluate import evaluate
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models.base import SequentialRecommender
+from dreamrec.train import distributed
 from dreamrec.train.checkpoint import (
     best_weights_path,
     has_checkpoint,
@@ -131,10 +131,24 @@ def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
-def compiled_loss(model: SequentialRecommender, say: Callable[[str], None]) -> Callable[[Batch], torch.Tensor]:
-    """``model.loss`` under ``torch.compile``; a compilation failure (no compiler, an unsupported
-    operation) falls back to eager ``model.loss`` for the rest of training, with a message."""
-    compiled = torch.compile(model.loss)
+class _LossModule(torch.nn.Module):
+    """``forward(batch) = model.loss(batch)``: the form DistributedDataParallel wraps."""
+
+    def __init__(self, model: SequentialRecommender):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model.loss(batch)
+
+
+def compiled_loss(
+    loss: Callable[[Batch], torch.Tensor], say: Callable[[str], None]
+) -> Callable[[Batch], torch.Tensor]:
+    """``loss`` (``model.loss`` or its data-parallel wrapper) under ``torch.compile``; a compilation
+    failure (no compiler, an unsupported operation) falls back to the eager ``loss`` for the rest of
+    training, with a message."""
+    compiled = torch.compile(loss)
     state = {"fn": compiled}
 
     def loss_fn(batch: Batch) -> torch.Tensor:
@@ -145,7 +159,7 @@ def compiled_loss(model: SequentialRecommender, say: Callable[[str], None]) -> C
                 msg = f"train.compile: compilation failed ({type(err).__name__}: {str(err)[:200]}); training uncompiled"
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
                 say(msg)
-                state["fn"] = model.loss
+                state["fn"] = loss
         return state["fn"](batch)
 
     return loss_fn
@@ -187,11 +201,14 @@ def train(
     At the end the best weights are loaded into ``model``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda _msg: None)
+    env, device = distributed.setup(config.device)  # one process, or this rank of a torchrun job
+    main = env.is_main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    say = (log if main else None) or (lambda _msg: None)
+    progress = progress and main
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
     if device.type == "cuda":
         # TensorFloat-32 matrix products on the GPU (about 10 bits of mantissa: the usual training setting)
         torch.set_float32_matmul_precision("high")
@@ -202,8 +219,8 @@ def train(
     log_path = out_dir / LOG_FILE
     ckpt_dir = out_dir / CHECKPOINT_DIR
 
-    seed_everything(config.seed)
-    rng = np.random.default_rng(config.seed)
+    seed_everything(config.seed + env.rank)  # dropout and noise differ between ranks
+    rng = np.random.default_rng(config.seed)  # the batch order is the same on every rank
 
     if config.val_sampler is not None and not hasattr(model, "set_sampler"):
         raise ConfigError(f"train.val_sampler: model {model.name!r} has no diffusion sampler to switch")
@@ -214,8 +231,8 @@ def train(
             own = (model.config.sampler, model.config.sampler_steps)
             model.set_sampler(config.val_sampler, config.val_sampler_steps)
         try:
-            return evaluate(
-                model, dataset.val, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
+            return distributed.evaluate_sharded(
+                model, dataset.val, env, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
                 seed=config.seed,
             )
         finally:
@@ -227,9 +244,10 @@ def train(
     if model.batch_mode == "none":
         t0 = time.perf_counter()
         val = validate()
-        save_weights(model, weights_path)
         entry = {"epoch": 0, "loss": None, "val": val, "seconds": time.perf_counter() - t0, "best": True}
-        _write_log(log_path, [entry])
+        if main:
+            save_weights(model, weights_path)
+            _write_log(log_path, [entry])
         say(_summary(entry, config.val_metric))
         return TrainResult(best_epoch=0, best_val=val, history=[entry], stopped_early=False)
 
@@ -245,14 +263,23 @@ def train(
     }
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, model, optimizer, rng)
-        _write_log(log_path, state["history"])  # drop lines of epochs after the checkpoint
+        if env.rank > 0:  # rank 0's random state was restored: give this rank its own stream again
+            seed_everything(config.seed + env.rank + env.world * int(state["epoch"]))
+        if main:
+            _write_log(log_path, state["history"])  # drop lines of epochs after the checkpoint
         say(f"resuming after epoch {state['epoch']} (best {config.val_metric} at epoch {state['best_epoch']})")
     else:
         if resume:
             say(f"no checkpoint in {ckpt_dir}; starting from scratch")
-        _write_log(log_path, [])
+        if main:
+            _write_log(log_path, [])
 
-    loss_fn = compiled_loss(model, say) if config.compile else model.loss
+    base_loss: Callable[[Batch], torch.Tensor] = model.loss
+    if env.enabled:  # gradients averaged over the ranks (model.loss is called through the wrapper's forward)
+        base_loss = torch.nn.parallel.DistributedDataParallel(
+            _LossModule(model), device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    loss_fn = compiled_loss(base_loss, say) if config.compile else base_loss
     epoch = state["epoch"]
     started = time.perf_counter()
     out_of_time = False
@@ -264,7 +291,9 @@ def train(
         total_loss, count = 0.0, 0
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
         for batch in bar:
-            value = train_step(model, batch.to(device), optimizer, config, device, loss_fn)
+            if len(batch.target) < env.world:  # too few rows to give every rank one: skipped on all ranks
+                continue
+            value = train_step(model, distributed.local_part(batch, env).to(device), optimizer, config, device, loss_fn)
             if not math.isfinite(value):
                 bar.close()
                 raise FloatingPointError(f"epoch {epoch}: training loss is {value}")
@@ -273,8 +302,10 @@ def train(
             if count % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / count:.4f}")
         bar.close()
-        entry: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(count, 1)}
-        out_of_time = config.max_minutes is not None and time.perf_counter() - started >= 60 * config.max_minutes
+        entry: dict[str, Any] = {"epoch": epoch, "loss": distributed.mean_over_ranks(total_loss / max(count, 1), env)}
+        out_of_time = distributed.any_rank(  # every rank stops after the same epoch
+            config.max_minutes is not None and time.perf_counter() - started >= 60 * config.max_minutes, env
+        )
 
         if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
             val = validate()
@@ -294,16 +325,19 @@ def train(
             entry["budget_spent"] = True
         state["epoch"] = epoch
         state["history"].append(entry)
-        _append_log(log_path, entry)
         stop = " | early stop" if state["stopped_early"] else " | time budget spent" if out_of_time else ""
         say(_summary(entry, config.val_metric) + stop)
-        save_checkpoint(ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")))
+        if main:
+            _append_log(log_path, entry)
+            save_checkpoint(ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")))
 
+    distributed.barrier(env)  # rank 0's last checkpoint is on disk before anyone reads it
     best = best_weights_path(ckpt_dir) if state["best_value"] is not None else None
     if best is not None:
         load_weights(model, best)
     # else never validated (epochs == 0): the current weights are the result
-    save_weights(model, weights_path)  # written once, after training: a crash leaves no stale weights
+    if main:
+        save_weights(model, weights_path)  # written once, after training: a crash leaves no stale weights
     return TrainResult(
         best_epoch=state["best_epoch"],
         best_val=state["best_val"],
