@@ -47,10 +47,11 @@ def test_parts_cover_every_row_once() -> None:
     assert torch.equal(got[1].history, b.history[3:])
 
 
-def _train(data: Path, out: Path, nproc: int) -> None:
+def _train(data: Path, out: Path, nproc: int, *extra: str) -> None:
     args = ["train", "--model", "sasrec", "--data", str(data), "--out", str(out), "--no-progress",
             *[f"--set={kv}" for kv in ("hidden=16", "n_layers=1", "n_heads=2", "dropout=0.0", "train.epochs=3",
-                                       "train.batch_size=32", "train.lr=0.005", "train.patience=10", "train.threads=1")]]
+                                       "train.batch_size=32", "train.lr=0.005", "train.patience=10", "train.threads=1")],
+            *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -81,3 +82,7 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path: Path) -> Non
     assert m2["test"]["HR@10"] == pytest.approx(m1["test"]["HR@10"])
     log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]  # one writer: no duplicated lines
+    # every rank resumes from rank 0's checkpoint
+    _train(data, tmp_path / "two", 2, "--resume", "--set=train.epochs=4")
+    log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4]
