@@ -170,6 +170,29 @@ def idreamrec_section(results: Path = RESULTS) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def curves_section(results: Path = RESULTS) -> str:
+    """One block per ``training_curves/*.json`` (benchmarks/training_curves.py): the plot, and each run's
+    last epoch, selected epoch and its test value."""
+    lines: list[str] = []
+    for path in sorted((results / "training_curves").glob("*.json")):
+        rec = json.loads(path.read_text())
+        metric = rec["metric"]
+        lines += [f"## {rec['name']}: validation curves", "",
+                  f"![validation {metric} by epoch](results/training_curves/{path.stem}.png)", "",
+                  f"| run | epochs | selected epoch | val {metric} there (%) | test {metric} (%) |", "|---|---|---|---|---|"]
+        for run in rec["runs"]:
+            best = run["best_epoch"]
+            val = run["val"][run["epochs"].index(best)] if best in run["epochs"] else None
+            cells = [run["label"], str(run["epochs"][-1]), "-" if best is None else str(best),
+                     "-" if val is None else f"{100 * val:.2f}", "-" if run["test"] is None else f"{100 * run['test']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        published = ", ".join(f"{k} {v:.2f} %" for k, v in rec["published"].items())
+        lines += ["", f"Published test numbers, for scale: {published or 'none given'}. Data: "
+                  f"`results/training_curves/{path.name}`; command: `{rec['command']}` ({rec['date']}, plotted on "
+                  f"{rec['plotted_on']}; each run trained where its label says).", ""]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 if __name__ == "__main__":
-    write_tables(RESULTS, ROOT / "README.md", HEADER + dreamrec_section() + idreamrec_section())
+    write_tables(RESULTS, ROOT / "README.md", HEADER + dreamrec_section() + idreamrec_section() + curves_section())
     print(f"wrote {ROOT / 'README.md'}")
