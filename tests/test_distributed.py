@@ -47,7 +47,7 @@ def test_parts_cover_every_row_once() -> None:
     assert torch.equal(got[1].history, b.history[3:])
 
 
-def _train(data: Path, out: Path, nproc: int, *extra: str) -> None:
+def _train(data: Path, out: Path, nproc: int, *extra: str) -> str:
     args = ["train", "--model", "sasrec", "--data", str(data), "--out", str(out), "--no-progress",
             *[f"--set={kv}" for kv in ("hidden=16", "n_layers=1", "n_heads=2", "dropout=0.0", "train.epochs=3",
                                        "train.batch_size=32", "train.lr=0.005", "train.patience=10", "train.threads=1")],
@@ -62,6 +62,7 @@ def _train(data: Path, out: Path, nproc: int, *extra: str) -> None:
                "-m", "dreamrec.cli", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
 
 
 def test_two_processes_train_the_model_one_process_trains(tmp_path: Path) -> None:
@@ -70,7 +71,8 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path: Path) -> Non
     rank 0, and its test metrics count every test row."""
     data = rows_dataset().save(tmp_path / "data")
     _train(data, tmp_path / "one", 1)
-    _train(data, tmp_path / "two", 2)
+    out = _train(data, tmp_path / "two", 2)
+    assert out.count("best epoch") == 1  # rank 0 reports, once
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:

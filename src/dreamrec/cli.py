@@ -109,6 +109,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model with early stopping on validation; writes the run directory and its test metrics."""
+    from dreamrec.train import distributed
     from dreamrec.train.run import train_run
 
     try:
@@ -116,6 +117,8 @@ def train(
         metrics = train_run(cfg, data, out, resume=resume, progress=progress, log=_echo)
     except (DreamrecError, ValueError) as e:
         _fail(e)
+    if not distributed.from_env().is_main:  # under torchrun, rank 0 reports
+        return
     t = metrics["test"]
     _echo(f"best epoch {metrics['best_epoch']}; test HR@20 {t['HR@20']:.4f} NDCG@20 {t['NDCG@20']:.4f} (n={t['n']})")
     typer.echo(json.dumps({"out": str(out), **metrics}))
