@@ -145,6 +145,9 @@ def test_early_stopping(dataset: PreparedDataset, tmp_path: Path) -> None:
     fresh = build_model("gru4rec", N_ITEMS, MAX_LEN, GRU)
     state = load_checkpoint(tmp_path / "checkpoint", fresh, restore_torch_rng=False)
     assert state["epoch"] == 3 and state["bad_epochs"] == 2
+    # resuming with a larger patience goes on until the new patience runs out
+    _, longer = fit("gru4rec", GRU, dataset, tmp_path, epochs=30, patience=4, lr=1e-12, resume=True)
+    assert longer.stopped_early and [h["epoch"] for h in longer.history] == [1, 2, 3, 4, 5]
 
 
 def test_time_budget_stops_after_the_epoch_that_spends_it(dataset: PreparedDataset, tmp_path: Path) -> None:

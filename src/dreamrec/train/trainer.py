@@ -263,6 +263,8 @@ def train(
     }
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, model, optimizer, rng)
+        # early stopping is judged again under this call's patience: a larger one lets a stopped run go on
+        state["stopped_early"] = state["best_value"] is not None and state["bad_epochs"] >= config.patience
         if env.rank > 0:  # rank 0's random state was restored: give this rank its own stream again
             seed_everything(config.seed + env.rank + env.world * int(state["epoch"]))
         if main:
