@@ -18,7 +18,7 @@ from dreamrec.errors import ConfigError
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.train.checkpoint import load_checkpoint, load_weights
-from dreamrec.train.trainer import TrainResult, train
+from dreamrec.train.trainer import TrainResult, epoch_lr, train
 
 N_ITEMS = 30
 MAX_LEN = 10
@@ -131,6 +131,34 @@ def test_resume_equals_uninterrupted(name: str, params: dict, dataset: PreparedD
     a, b = full_model.state_dict(), resumed_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "part" / "log.jsonl").read_text().splitlines()) == 6
+
+
+def test_step_decay_learning_rate(dataset: PreparedDataset, tmp_path: Path) -> None:
+    """``lr_decay_step``: epoch e trains at lr * gamma ** ((e - 1) // step) (hand-computed), the optimiser
+    really uses it, and a run resumed across a decay equals the uninterrupted one."""
+    cfg = TrainConfig(lr=0.01, lr_decay_step=2, lr_decay_gamma=0.5)
+    assert [epoch_lr(cfg, e) for e in (1, 2, 3, 4, 5)] == [0.01, 0.01, 0.005, 0.005, 0.0025]
+    assert epoch_lr(TrainConfig(lr=0.01), 500) == 0.01
+    kw = {"epochs": 5, "patience": 50, "lr": 0.003, "lr_decay_step": 2, "lr_decay_gamma": 0.5}
+    full_model, full = fit("gru4rec", GRU, dataset, tmp_path / "full", **kw)
+    assert [h["lr"] for h in full.history] == [0.003, 0.003, 0.0015, 0.0015, 0.00075]
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert logged == [0.003, 0.003, 0.0015, 0.0015, 0.00075]
+    fit("gru4rec", GRU, dataset, tmp_path / "part", **{**kw, "epochs": 3})
+    torch.manual_seed(999)
+    resumed_model, resumed = fit("gru4rec", GRU, dataset, tmp_path / "part", **kw, resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    a, b = full_model.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a decay to ~0 after epoch 1: epoch 2 leaves the weights where epoch 1 put them
+    one, _ = fit("gru4rec", GRU, dataset, tmp_path / "one", epochs=1, patience=50)
+    two, result = fit("gru4rec", GRU, dataset, tmp_path / "two", epochs=2, patience=50, lr_decay_step=1,
+                      lr_decay_gamma=1e-12, eval_every=2)
+    assert result.history[1]["loss"] is not None
+    a, b = one.state_dict(), two.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-9, rtol=0) for k in a)
+    changed, _ = fit("gru4rec", GRU, dataset, tmp_path / "three", epochs=2, patience=50, eval_every=2)
+    assert not all(torch.allclose(a[k], changed.state_dict()[k], atol=1e-9, rtol=0) for k in a)
 
 
 def test_early_stopping(dataset: PreparedDataset, tmp_path: Path) -> None:

@@ -38,6 +38,12 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw"] = "adam"
+    lr_decay_step: int | None = Field(
+        None, ge=1, description="step decay: the learning rate is multiplied by lr_decay_gamma after every "
+        "lr_decay_step epochs (epoch e trains at lr * gamma ** ((e - 1) // step); torch's StepLR stepped once "
+        "per epoch, as the DiffuRec authors' code with step 100). None = a constant learning rate"
+    )
+    lr_decay_gamma: float = Field(0.1, gt=0, le=1, description="the factor of each lr_decay_step decay")
     patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
     val_metric: str = "NDCG@20"
     eval_every: int = Field(1, ge=1)

@@ -84,6 +84,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of (1-based) ``epoch``: ``lr * gamma ** ((epoch - 1) // step)`` under a step decay,
+    else ``lr``. A function of the epoch alone, so a resumed run continues the same schedule."""
+    if config.lr_decay_step is None:
+        return config.lr
+    return config.lr * config.lr_decay_gamma ** ((epoch - 1) // config.lr_decay_step)
+
+
 def batches(
     model: SequentialRecommender, dataset: PreparedDataset, batch_size: int, width: int, rng: np.random.Generator
 ) -> tuple[Iterator[Batch], int]:
@@ -289,6 +297,9 @@ def train(
         epoch += 1
         t0 = time.perf_counter()
         model.train()
+        lr = epoch_lr(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         it, n_batches = batches(model, dataset, config.batch_size, width, rng)
         total_loss, count = 0.0, 0
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
@@ -305,6 +316,8 @@ def train(
                 bar.set_postfix(loss=f"{total_loss / count:.4f}")
         bar.close()
         entry: dict[str, Any] = {"epoch": epoch, "loss": distributed.mean_over_ranks(total_loss / max(count, 1), env)}
+        if config.lr_decay_step is not None:
+            entry["lr"] = lr
         out_of_time = distributed.any_rank(  # every rank stops after the same epoch
             config.max_minutes is not None and time.perf_counter() - started >= 60 * config.max_minutes, env
         )
