@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dreamrec.config import TrainConfig, build_run_config, load_yaml
 from dreamrec.data.batching import Batch
@@ -498,3 +499,53 @@ def test_mixture_of_draws_trains_and_evaluates_deterministically() -> None:
     ds = generate(SyntheticConfig(n_items=30, n_users=40, seed=0)).dataset
     a, b = evaluate(model, ds.test, seed=5), evaluate(model, ds.test, seed=5)
     assert a == b and a["n"] == len(ds.test)
+
+
+@pytest.mark.parametrize("kind", ["mlp1", "mlp2"])
+def test_residual_denoiser_starts_at_the_guidance_and_learns_a_correction(kind: str) -> None:
+    """denoiser_residual: f = c + MLP(...), the MLP's output layer at zero, so f = c exactly at init
+    (for any x_t and t); after a gradient step the correction depends on x_t."""
+    from dreamrec.nn.denoisers import MLPDenoiser
+
+    torch.manual_seed(0)
+    f = MLPDenoiser(8, kind, residual=True)
+    x, c = torch.randn(5, 8), torch.randn(5, 8)
+    torch.testing.assert_close(f(x, torch.tensor([3]), c), c, rtol=0, atol=0)
+    torch.testing.assert_close(f(torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 4]), c), c, rtol=0, atol=0)
+    torch.optim.SGD(f.parameters(), lr=0.1).zero_grad()
+    ((f(x, torch.tensor([3]), c) - torch.randn(5, 8)) ** 2).sum().backward()
+    torch.optim.SGD(f.parameters(), lr=0.1).step()
+    out = f(x, torch.tensor([3]), c)
+    assert not torch.allclose(out, c)
+    plain = MLPDenoiser(8, kind)
+    plain.load_state_dict(f.state_dict())
+    torch.testing.assert_close(out, c + plain(x, torch.tensor([3]), c))
+
+    model = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": kind, "denoiser_residual": True, "sampler": "onestep",
+                                            "guidance_w": 0.0})
+    model.eval()
+    h = histories()
+    torch.testing.assert_close(model.query(h), model.guidance(h))  # one-step x0 = c at init
+
+
+def test_denoiser_dropout_acts_in_training_only_and_needs_mlp2() -> None:
+    from dreamrec.nn.denoisers import MLPDenoiser
+
+    torch.manual_seed(0)
+    f = MLPDenoiser(8, "mlp2", dropout=0.5)
+    plain = MLPDenoiser(8, "mlp2")
+    plain.load_state_dict(f.state_dict())
+    x, c, t = torch.randn(4, 8), torch.randn(4, 8), torch.tensor([2])
+    f.eval()
+    torch.testing.assert_close(f(x, t, c), plain(x, t, c))  # identity at evaluation
+    f.train()
+    torch.manual_seed(1)
+    hidden = F.gelu(plain.fc_in(torch.cat([x, c, plain.time_embedding(t).expand(4, -1)], dim=1)))
+    torch.manual_seed(1)
+    mask = torch.nn.functional.dropout(torch.ones_like(hidden), 0.5, training=True)  # the same draw
+    torch.manual_seed(1)
+    torch.testing.assert_close(f(x, t, c), plain.fc_out(hidden * mask))
+    with pytest.raises(ValueError, match="mlp2"):
+        MLPDenoiser(8, "mlp1", dropout=0.1)
+    with pytest.raises(Exception, match="denoiser_dropout needs denoiser mlp2"):
+        build_model("dreamrec", 30, 8, {**SMALL, "denoiser_dropout": 0.2})

@@ -40,6 +40,9 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
   needs the direction of the query).
 * ``freeze_items``: keep the table at its random init (a control).
 * ``n_layers``: encoder depth (the paper: 1).
+* ``denoiser_residual``: ``f(x_t, c, t) = c + MLP([x_t; c; tau(t)])``, the MLP's output layer
+  initialised at zero (training starts from ``f = c``).
+* ``denoiser_dropout``: dropout on the ``mlp2`` denoiser's hidden layer (training only).
 * ``self_condition``: the denoiser also takes its own previous x0 estimate (Chen et al., 2023);
   trained on half of the batches with the stop-gradient estimate of a first pass, fed back at
   every sampling step (a one-step sampler then makes two calls).
@@ -95,6 +98,11 @@ class DreamRecConfig(ModelConfig):
     beta_start: float = Field(1e-4, gt=0, lt=1, description="linear schedule")
     beta_end: float = Field(0.02, gt=0, lt=1, description="linear schedule")
     denoiser: DenoiserType = "mlp1"
+    denoiser_residual: bool = Field(
+        False, description="f(x_t, c, t) = c + MLP([x_t; c; tau(t)]) with the MLP's output layer at zero: "
+        "training starts from the guidance itself as the x0 estimate"
+    )
+    denoiser_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the mlp2 denoiser's hidden layer")
     # classifier-free guidance
     p_uncond: float = Field(0.1, ge=0, le=1, description="probability of training with the dummy token")
     guidance_w: float = Field(2.0, ge=0, description="guidance strength w of Eq. 15")
@@ -142,6 +150,8 @@ class DreamRecConfig(ModelConfig):
             self.sampler_steps = self.timesteps  # the default S on a short chain: every step
         if self.x0_weight == 0 and self.ce_weight == 0:
             raise ValueError("x0_weight and ce_weight are both 0: the model would have no loss")
+        if self.denoiser_dropout > 0 and self.denoiser != "mlp2":
+            raise ValueError(f"denoiser_dropout needs denoiser mlp2 (got {self.denoiser}: no hidden layer)")
         if self.draws > 1 and self.ce_weight == 0:
             raise ValueError(f"draws={self.draws} needs ce_weight > 0: the K draws form a mixture of softmaxes")
         return self
@@ -190,7 +200,10 @@ class DreamRec(SequentialRecommender):
             nn.init.normal_(self.encoder.position_embedding.weight, std=config.item_init_std)
             self.encoder.item_embedding.weight[0].zero_()
         self.null_condition = nn.Parameter(torch.randn(d))  # the dummy token ∅, N(0, 1) as the authors
-        self.denoiser = MLPDenoiser(d, config.denoiser, self_condition=config.self_condition)
+        self.denoiser = MLPDenoiser(
+            d, config.denoiser, self_condition=config.self_condition, residual=config.denoiser_residual,
+            dropout=config.denoiser_dropout,
+        )
         self.scheduler = DiffusionScheduler(
             num_train_timesteps=config.timesteps,
             beta_schedule=config.beta_schedule,

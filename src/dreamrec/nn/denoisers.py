@@ -11,6 +11,11 @@ With ``self_condition`` (Chen et al., 2023, "Analog Bits", Sec. 3.2) the input a
 network's own previous estimate of ``x_0``: ``[x_t; c; tau(t); x0_sc]`` (``4d`` wide), zeros when there
 is none; :class:`SelfConditioned` feeds it at sampling time.
 
+With ``residual`` the network predicts a correction to the guidance, ``f = c + MLP([x_t; c; tau(t)])``,
+its output layer initialised at zero, so that training starts from ``f = c`` (the guidance itself as
+the x0 estimate, which is what a SASRec-style model scores with) instead of a random projection.
+``dropout`` (``mlp2`` only) drops units of the hidden layer ``GELU(W_1 [...] + b_1)`` in training.
+
 ``tau(t)`` is the sinusoidal embedding of Vaswani et al. (2017) / DDPM followed by a small MLP
 (``d -> 2d -> d`` with GELU), as in the authors' code.
 
@@ -68,10 +73,14 @@ class MLPDenoiser(nn.Module):
     ``forward(x_t [B, d], t [B] or [1], c [B, d]) -> [B, d]``; a ``[1]`` step is broadcast to all rows.
     """
 
-    def __init__(self, hidden: int, kind: DenoiserType = "mlp1", self_condition: bool = False):
+    def __init__(self, hidden: int, kind: DenoiserType = "mlp1", self_condition: bool = False, residual: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         if kind not in ("mlp1", "mlp2"):
             raise ValueError(f"unknown denoiser {kind!r}; expected mlp1 or mlp2")
+        if dropout and kind != "mlp2":
+            raise ValueError(f"denoiser dropout {dropout} needs the mlp2 denoiser (mlp1 has no hidden layer)")
+        self.dropout = nn.Dropout(dropout)
         self.hidden = hidden
         self.kind = kind
         self.self_condition = self_condition
@@ -79,6 +88,11 @@ class MLPDenoiser(nn.Module):
         width = hidden if kind == "mlp1" else 2 * hidden
         self.fc_in = nn.Linear((4 if self_condition else 3) * hidden, width)  # over [x_t; c; tau(t) (; x0_sc)]
         self.fc_out = nn.Linear(2 * hidden, hidden) if kind == "mlp2" else None
+        self.residual = residual
+        if residual:  # start at f = c: the correction's output layer is zero
+            last = self.fc_out if self.fc_out is not None else self.fc_in
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def project_condition(self, c: torch.Tensor) -> torch.Tensor:
         """``W_c c``, the condition's part of the first layer: a sampler computes it once per call
@@ -107,9 +121,8 @@ class MLPDenoiser(nn.Module):
             if not self.self_condition:
                 raise ValueError("x0_sc given to a denoiser built without self_condition")
             h = h + F.linear(x0_sc, W[:, 3 * d :])  # a zero x0_sc adds nothing: None is the zeros
-        if self.fc_out is None:
-            return h
-        return self.fc_out(F.gelu(h))
+        out = h if self.fc_out is None else self.fc_out(self.dropout(F.gelu(h)))
+        return c + out if self.residual else out
 
 
 class SelfConditioned:
