@@ -501,6 +501,68 @@ def test_mixture_of_draws_trains_and_evaluates_deterministically() -> None:
     assert a == b and a["n"] == len(ds.test)
 
 
+class _NoiseRecorder(torch.nn.Module):
+    """A denoiser stub that records the ``x_t`` it is given and returns ``x_t`` itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, **_: object) -> torch.Tensor:
+        self.seen.append(x_t.detach().clone())
+        return x_t
+
+    def project_condition(self, c: torch.Tensor) -> torch.Tensor:
+        return c
+
+
+def test_fixed_draws_use_the_same_noise_in_training_and_scoring_and_reload() -> None:
+    """fixed_draws: training and scoring both start from the K stored vectors x_T^k (row k * B + b
+    gets x_T^k), the scores are the mixture over exactly those K, and the vectors travel with the
+    state dict; without the flag each call draws new noise."""
+    cfg = {**SMALL, "ce_weight": 1.0, "x0_weight": 0.0, "draws": 3, "train_timesteps": "last",
+           "sampler": "onestep", "guidance_w": 0.0, "p_uncond": 0.0, "fixed_draws": True}
+    torch.manual_seed(0)
+    model = build_model("dreamrec", 30, 8, cfg)
+    z = model.fixed_noise.clone()
+    assert z.shape == (3, 16)
+    B = 4
+    h, y = histories()[:B], torch.tensor([3, 4, 5, 6])
+    real = model.denoiser
+    model.denoiser = rec = _NoiseRecorder()
+    model.loss(Batch(h, y))
+    x0 = model.item_embedding.weight[y].detach().repeat(3, 1)
+    T = model.scheduler.num_train_timesteps - 1
+    want = model.scheduler.add_noise(x0, z.repeat_interleave(B, dim=0), torch.full((3 * B,), T))
+    torch.testing.assert_close(rec.seen[0], want)  # x_T^k = sqrt(abar_T) x0 + sqrt(1 - abar_T) z_k
+    model.eval()
+    model.score(h)
+    torch.testing.assert_close(rec.seen[1], z.repeat_interleave(B, dim=0))  # scoring starts at the same z_k
+    model.denoiser = real
+    torch.manual_seed(1)
+    s1 = model.score(h)
+    torch.manual_seed(2)
+    s2 = model.score(h)
+    torch.testing.assert_close(s1, s2)  # no fresh noise anywhere: the scores do not depend on the RNG
+    q = model.generate(h, draws=3).view(3, B, -1)
+    E = model.item_embeddings()[1:]
+    torch.testing.assert_close(s1, torch.logsumexp(torch.log_softmax(q @ E.T, -1), 0) - torch.log(torch.tensor(3.0)))
+    torch.manual_seed(7)  # another init draws other vectors; loading the state dict restores ours
+    other = build_model("dreamrec", 30, 8, cfg)
+    assert not torch.equal(other.fixed_noise, z)
+    other.load_state_dict(model.state_dict())
+    other.eval()
+    torch.testing.assert_close(other.score(h), s1)
+    with pytest.raises(ValueError, match="draws must be 1 or 3"):
+        model.generate(h, draws=2)
+    with pytest.raises(ConfigError, match="fixed_draws needs draws > 1"):
+        build_model("dreamrec", 30, 8, {**SMALL, "fixed_draws": True})
+    free = build_model("dreamrec", 30, 8, {**cfg, "fixed_draws": False})
+    free.eval()
+    assert not hasattr(free, "fixed_noise")
+    assert not torch.allclose(free.score(h), free.score(h))  # fresh draws per call
+
+
 @pytest.mark.parametrize("kind", ["mlp1", "mlp2"])
 def test_residual_denoiser_starts_at_the_guidance_and_learns_a_correction(kind: str) -> None:
     """denoiser_residual: f = c + MLP(...), the MLP's output layer at zero, so f = c exactly at init

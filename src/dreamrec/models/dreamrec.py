@@ -57,6 +57,9 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
   likelihood), and :meth:`score` ranks items by the same K-draw mixture. A single query vector
   ranks items by one inner product; a mixture of K queries can put several separate groups of
   items on top (the "softmax bottleneck" of Yang et al., 2018).
+* ``fixed_draws`` (with ``draws = K > 1``): the K noise vectors are drawn once at initialisation and
+  kept as a buffer (saved with the model), so training and scoring use the same ``x_T^1..x_T^K``:
+  the prior over ``x_T`` is uniform on K points, and each point can learn its own query.
 """
 from __future__ import annotations
 
@@ -137,6 +140,11 @@ class DreamRecConfig(ModelConfig):
         1, ge=1, description="K > 1 (with ce_weight > 0): K noise draws per history define a mixture of K "
         "softmaxes, trained by its likelihood and used to score items (1 = one query, the paper)"
     )
+    fixed_draws: bool = Field(
+        False, description="with draws K > 1: the K noise vectors x_T^k are drawn once at initialisation "
+        "(a buffer saved with the model) and used in training and scoring, instead of fresh N(0, I) draws; "
+        "the prior over x_T is then uniform on K points, so the K queries can specialise"
+    )
     train_timesteps: Literal["uniform", "last"] = Field(
         "uniform", description="uniform: t ~ U{1..T} (Algorithm 1); last: always t = T, training for one-step generation"
     )
@@ -154,6 +162,8 @@ class DreamRecConfig(ModelConfig):
             raise ValueError(f"denoiser_dropout needs denoiser mlp2 (got {self.denoiser}: no hidden layer)")
         if self.draws > 1 and self.ce_weight == 0:
             raise ValueError(f"draws={self.draws} needs ce_weight > 0: the K draws form a mixture of softmaxes")
+        if self.fixed_draws and self.draws < 2:
+            raise ValueError(f"fixed_draws needs draws > 1 (got draws={self.draws}): it fixes the K noise draws")
         return self
 
 
@@ -216,6 +226,15 @@ class DreamRec(SequentialRecommender):
         self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
         if config.freeze_items:
             self.encoder.item_embedding.weight.requires_grad_(False)
+        if config.fixed_draws:  # x_T^1..x_T^K ~ N(0, I), drawn once (torch's global RNG: seed it to reproduce)
+            self.register_buffer("fixed_noise", torch.randn(config.draws, d))
+
+    def _draw_noise(self, B: int, like: torch.Tensor) -> torch.Tensor:
+        """``[K * B, d]`` noise for K draws of B rows, draw-major: the fixed vectors with
+        ``fixed_draws`` (row ``k * B + b`` gets ``x_T^k``), else fresh N(0, I)."""
+        if self.config.fixed_draws:
+            return self.fixed_noise.to(like.dtype).repeat_interleave(B, dim=0)
+        return torch.randn_like(like)
 
     @property
     def item_embedding(self) -> nn.Embedding:
@@ -246,7 +265,7 @@ class DreamRec(SequentialRecommender):
             t = torch.full((x0.shape[0],), self.scheduler.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
         else:
             t = self.scheduler.sample_timesteps(x0.shape[0], device=x0.device)
-        noise = torch.randn_like(x0)
+        noise = self._draw_noise(B, x0)
         x_t = self.scheduler.add_noise(x0, noise, t)
         x0_sc = None
         if cfg.self_condition and torch.rand(()) < 0.5:  # half the batches: condition on our own estimate
@@ -283,8 +302,16 @@ class DreamRec(SequentialRecommender):
     @torch.no_grad()
     def generate(self, history: torch.Tensor, draws: int = 1) -> torch.Tensor:
         """The oracle items ``e_n^0`` [B, d] generated for each history (reverse process, guided);
-        with ``draws = K > 1``, K independent draws per history [K * B, d], draw-major."""
+        with ``draws = K > 1``, K independent draws per history [K * B, d], draw-major. With
+        ``fixed_draws`` the reverse process starts from the fixed ``x_T^k`` (``draws`` must be the
+        config's K, or 1 for ``x_T^1`` alone)."""
         c = self.guidance(history)
+        B = c.shape[0]
+        x_T = None
+        if self.config.fixed_draws:
+            if draws not in (1, self.config.draws):
+                raise ValueError(f"fixed_draws: draws must be 1 or {self.config.draws} (the fixed draws), got {draws}")
+            x_T = self.fixed_noise[:draws].to(c.dtype).repeat_interleave(B, dim=0)
         if draws > 1:
             c = c.repeat(draws, 1)
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
@@ -294,7 +321,7 @@ class DreamRec(SequentialRecommender):
             model_fn.denoiser = SelfConditioned(self.denoiser, c_proj=c_proj)
         else:
             model_fn.denoiser = partial(self.denoiser, c_proj=c_proj)
-        return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype)
+        return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype, x_T=x_T)
 
     def set_sampler(
         self,
