@@ -563,6 +563,43 @@ def test_fixed_draws_use_the_same_noise_in_training_and_scoring_and_reload() -> 
     assert not torch.allclose(free.score(h), free.score(h))  # fresh draws per call
 
 
+@pytest.mark.parametrize("sampler", ["onestep", "ddim"])
+def test_correction_scale_extrapolates_the_residual_correction_at_inference_only(sampler: str) -> None:
+    """correction_scale s: every generation step uses c + s (f - c); s = 1 is the trained model; the
+    training loss does not depend on s; without a residual denoiser it is a config error."""
+    cfg = {**SMALL, "denoiser": "mlp2", "denoiser_residual": True, "sampler": sampler, "sampler_steps": 3,
+           "guidance_w": 0.0, "p_uncond": 0.0, "ce_weight": 1.0, "x0_weight": 0.0}
+    torch.manual_seed(0)
+    model = build_model("dreamrec", 30, 8, cfg)
+    with torch.no_grad():  # a non-zero correction
+        torch.nn.init.normal_(model.denoiser.fc_out.weight, std=0.5)
+    h, y = histories()[:4], torch.tensor([3, 4, 5, 6])
+    model.eval()
+    c = model.guidance(h)
+    x_T = torch.randn(4, 16)
+    T1 = torch.tensor([model.scheduler.num_train_timesteps - 1])
+    f = model.denoiser(x_T, T1, c)
+    torch.testing.assert_close(model.denoiser(x_T, T1, c, correction_scale=3.0), c + 3.0 * (f - c))
+    torch.manual_seed(5)
+    base = model.generate(h)
+    model.set_sampler(correction_scale=3.0)
+    assert model.config.correction_scale == 3.0
+    torch.manual_seed(5)
+    scaled = model.generate(h)
+    if sampler == "onestep":  # one call from x_T: exactly c + 3 (f - c)
+        torch.testing.assert_close(scaled, c + 3.0 * (base - c))
+    else:
+        assert not torch.allclose(scaled, base)
+    model.train()
+    torch.manual_seed(1)
+    loss_scaled = model.loss(Batch(h, y))
+    model.set_sampler(correction_scale=1.0)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.loss(Batch(h, y)), loss_scaled)
+    with pytest.raises(ConfigError, match="correction_scale 2.0 needs denoiser_residual"):
+        build_model("dreamrec", 30, 8, {**SMALL, "correction_scale": 2.0})
+
+
 @pytest.mark.parametrize("kind", ["mlp1", "mlp2"])
 def test_residual_denoiser_starts_at_the_guidance_and_learns_a_correction(kind: str) -> None:
     """denoiser_residual: f = c + MLP(...), the MLP's output layer at zero, so f = c exactly at init

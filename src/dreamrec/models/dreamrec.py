@@ -43,6 +43,9 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 * ``denoiser_residual``: ``f(x_t, c, t) = c + MLP([x_t; c; tau(t)])``, the MLP's output layer
   initialised at zero (training starts from ``f = c``).
 * ``denoiser_dropout``: dropout on the ``mlp2`` denoiser's hidden layer (training only).
+* ``correction_scale = s`` (inference only, residual denoiser): generation uses
+  ``c + s (f(x_t, c, t) - c)`` at every step, extrapolating the learned correction away from the
+  guidance much as classifier-free guidance extrapolates away from the unconditional prediction.
 * ``self_condition``: the denoiser also takes its own previous x0 estimate (Chen et al., 2023);
   trained on half of the batches with the stop-gradient estimate of a first pass, fed back at
   every sampling step (a one-step sampler then makes two calls).
@@ -106,6 +109,10 @@ class DreamRecConfig(ModelConfig):
         "training starts from the guidance itself as the x0 estimate"
     )
     denoiser_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the mlp2 denoiser's hidden layer")
+    correction_scale: float = Field(
+        1.0, ge=0, description="inference only, with denoiser_residual: every denoiser call during generation "
+        "returns c + s (f(x_t, c, t) - c), the learned correction scaled by s (1 = as trained)"
+    )
     # classifier-free guidance
     p_uncond: float = Field(0.1, ge=0, le=1, description="probability of training with the dummy token")
     guidance_w: float = Field(2.0, ge=0, description="guidance strength w of Eq. 15")
@@ -158,6 +165,8 @@ class DreamRecConfig(ModelConfig):
             self.sampler_steps = self.timesteps  # the default S on a short chain: every step
         if self.x0_weight == 0 and self.ce_weight == 0:
             raise ValueError("x0_weight and ce_weight are both 0: the model would have no loss")
+        if self.correction_scale != 1.0 and not self.denoiser_residual:
+            raise ValueError(f"correction_scale {self.correction_scale} needs denoiser_residual: it scales f - c")
         if self.denoiser_dropout > 0 and self.denoiser != "mlp2":
             raise ValueError(f"denoiser_dropout needs denoiser mlp2 (got {self.denoiser}: no hidden layer)")
         if self.draws > 1 and self.ce_weight == 0:
@@ -317,10 +326,11 @@ class DreamRec(SequentialRecommender):
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
         # the condition's share of the first layer is the same at every step: compute it once
         c_proj = self.denoiser.project_condition(model_fn.condition)
+        scale = self.config.correction_scale
         if self.config.self_condition:
-            model_fn.denoiser = SelfConditioned(self.denoiser, c_proj=c_proj)
+            model_fn.denoiser = SelfConditioned(self.denoiser, c_proj=c_proj, correction_scale=scale)
         else:
-            model_fn.denoiser = partial(self.denoiser, c_proj=c_proj)
+            model_fn.denoiser = partial(self.denoiser, c_proj=c_proj, correction_scale=scale)
         return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype, x_T=x_T)
 
     def set_sampler(
@@ -330,12 +340,13 @@ class DreamRec(SequentialRecommender):
         *,
         eta: float | None = None,
         guidance_w: float | None = None,
+        correction_scale: float | None = None,
     ) -> None:
         """Change how :meth:`generate` samples (no retraining): ``sampler`` (ddpm | ddim | onestep),
         ``steps`` (S; None = all T steps), ``eta`` (DDIM) and the guidance strength ``w``.
         Arguments left as None keep their value, except ``steps``, which is set whenever
         ``sampler`` is given. ``self.config`` is updated (and validated) to match."""
-        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w)
+        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w, correction_scale=correction_scale)
 
     def query(self, history: torch.Tensor) -> torch.Tensor:
         """One generated oracle item per history [B, d]. With ``draws > 1`` this is one draw of the

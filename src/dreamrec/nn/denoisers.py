@@ -107,9 +107,11 @@ class MLPDenoiser(nn.Module):
         c: torch.Tensor,
         c_proj: torch.Tensor | None = None,
         x0_sc: torch.Tensor | None = None,
+        correction_scale: float = 1.0,
     ) -> torch.Tensor:
         """``c_proj`` = :meth:`project_condition` of ``c`` when precomputed (the output is identical);
-        ``x0_sc`` [B, d] the self-conditioning estimate (None = zeros; only with ``self_condition``)."""
+        ``x0_sc`` [B, d] the self-conditioning estimate (None = zeros; only with ``self_condition``);
+        ``correction_scale`` s (``residual`` only): return ``c + s MLP(...)``."""
         d = self.hidden
         W, b = self.fc_in.weight, self.fc_in.bias
         tau = self.time_embedding(t.reshape(-1))  # [B, d] or [1, d]
@@ -122,7 +124,11 @@ class MLPDenoiser(nn.Module):
                 raise ValueError("x0_sc given to a denoiser built without self_condition")
             h = h + F.linear(x0_sc, W[:, 3 * d :])  # a zero x0_sc adds nothing: None is the zeros
         out = h if self.fc_out is None else self.fc_out(self.dropout(F.gelu(h)))
-        return c + out if self.residual else out
+        if not self.residual:
+            if correction_scale != 1.0:
+                raise ValueError(f"correction_scale {correction_scale} needs a residual denoiser")
+            return out
+        return c + correction_scale * out if correction_scale != 1.0 else c + out
 
 
 class SelfConditioned:
@@ -135,7 +141,7 @@ class SelfConditioned:
     its own branch's previous output.
     """
 
-    def __init__(self, denoiser: MLPDenoiser, **fixed: torch.Tensor):
+    def __init__(self, denoiser: MLPDenoiser, **fixed: torch.Tensor | float):
         self.denoiser = denoiser
         self.fixed = fixed
         self.previous: torch.Tensor | None = None
