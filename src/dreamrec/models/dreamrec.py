@@ -326,11 +326,13 @@ class DreamRec(SequentialRecommender):
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
         # the condition's share of the first layer is the same at every step: compute it once
         c_proj = self.denoiser.project_condition(model_fn.condition)
-        scale = self.config.correction_scale
+        fixed: dict[str, torch.Tensor | float] = {"c_proj": c_proj}
+        if self.config.correction_scale != 1.0:  # passed only when set: s = 1 is the plain denoiser call
+            fixed["correction_scale"] = self.config.correction_scale
         if self.config.self_condition:
-            model_fn.denoiser = SelfConditioned(self.denoiser, c_proj=c_proj, correction_scale=scale)
+            model_fn.denoiser = SelfConditioned(self.denoiser, **fixed)
         else:
-            model_fn.denoiser = partial(self.denoiser, c_proj=c_proj, correction_scale=scale)
+            model_fn.denoiser = partial(self.denoiser, **fixed)
         return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype, x_T=x_T)
 
     def set_sampler(
