@@ -238,11 +238,15 @@ class DreamRec(SequentialRecommender):
         if config.fixed_draws:  # x_T^1..x_T^K ~ N(0, I), drawn once (torch's global RNG: seed it to reproduce)
             self.register_buffer("fixed_noise", torch.randn(config.draws, d))
 
+    def _fixed_noise_rows(self, draws: int, B: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[draws * B, d]``, draw-major: row ``k * B + b`` is the fixed ``x_T^k`` (``fixed_draws``)."""
+        return self.fixed_noise[:draws].to(dtype).repeat_interleave(B, dim=0)
+
     def _draw_noise(self, B: int, like: torch.Tensor) -> torch.Tensor:
-        """``[K * B, d]`` noise for K draws of B rows, draw-major: the fixed vectors with
-        ``fixed_draws`` (row ``k * B + b`` gets ``x_T^k``), else fresh N(0, I)."""
+        """Noise shaped like ``like`` ([K * B, d], draw-major): the K fixed vectors with ``fixed_draws``,
+        else fresh N(0, I)."""
         if self.config.fixed_draws:
-            return self.fixed_noise.to(like.dtype).repeat_interleave(B, dim=0)
+            return self._fixed_noise_rows(self.config.draws, B, like.dtype)
         return torch.randn_like(like)
 
     @property
@@ -320,7 +324,7 @@ class DreamRec(SequentialRecommender):
         if self.config.fixed_draws:
             if draws not in (1, self.config.draws):
                 raise ValueError(f"fixed_draws: draws must be 1 or {self.config.draws} (the fixed draws), got {draws}")
-            x_T = self.fixed_noise[:draws].to(c.dtype).repeat_interleave(B, dim=0)
+            x_T = self._fixed_noise_rows(draws, B, c.dtype)
         if draws > 1:
             c = c.repeat(draws, 1)
         model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)

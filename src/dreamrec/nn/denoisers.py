@@ -128,7 +128,7 @@ class MLPDenoiser(nn.Module):
             if correction_scale != 1.0:
                 raise ValueError(f"correction_scale {correction_scale} needs a residual denoiser")
             return out
-        return c + correction_scale * out if correction_scale != 1.0 else c + out
+        return c + correction_scale * out  # s = 1: c + out exactly
 
 
 class SelfConditioned:
