@@ -7,7 +7,7 @@ A run trained with ``denoiser_residual: true`` generates ``f(x_t, c, t) = c + ML
 ``correction_scale = s`` every generation step uses ``c + s (f - c)`` instead (``s = 1``: as trained).
 The scale is set on the loaded model (``set_sampler(correction_scale=s)``), no retraining. Each run is
 evaluated on BOTH the validation and the test split at every ``s``, with its own training seed as the
-evaluation seed (as ``benchmarks/run_config.py`` evaluates it; the run directory must end in ``seed<N>``).
+evaluation seed (``train.seed`` of the run's config, as training evaluated it).
 ``--exclude-seen`` also evaluates every point with the history's items removed from the ranking.
 
 The scale is chosen on VALIDATION only: the ``s`` with the best mean validation ``--metric`` over the runs
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,20 +39,13 @@ OUT = RESULTS / "dreamrec_correction_scale"
 METRICS = ("HR@20", "NDCG@20")
 
 
-def run_seed(run_dir: Path) -> int:
-    m = re.search(r"seed(\d+)$", str(run_dir).rstrip("/"))
-    if not m:
-        raise SystemExit(f"{run_dir}: expected a run directory named seed<N> (its evaluation seed)")
-    return int(m.group(1))
-
-
 def sweep_run(run_dir: Path, ds: PreparedDataset, scales: list[float], exclude_seen: bool) -> dict[str, Any]:
     """``{"run", "seed", "points": [{"s", "val", "test" (, "val_excl", "test_excl")}]}`` for one run."""
     run = load_run(run_dir)
     model = run.model
     if not getattr(model.config, "denoiser_residual", False):
         raise SystemExit(f"{run_dir}: not a DreamRec run with denoiser_residual: true")
-    seed = run_seed(run_dir)
+    seed = run.config.train.seed  # the seed training evaluated with
     max_len = int(run.info["max_len"])
     points = []
     for s in scales:
@@ -111,7 +103,7 @@ def plot(summary: list[dict[str, Any]], chosen: float, path: Path, title: str) -
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", type=Path, required=True, help="finished DreamRec run directories (seed<N>)")
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="finished DreamRec run directories")
     p.add_argument("--data", type=Path, required=True, help="the prepared dataset the runs were trained on")
     p.add_argument("--scales", nargs="+", type=float, default=[0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 100])
     p.add_argument("--metric", default="HR@20", choices=METRICS, help="validation metric that chooses s")
@@ -123,8 +115,6 @@ def main(argv: list[str] | None = None) -> None:
     if any(s < 0 for s in args.scales):
         raise SystemExit("--scales must be >= 0")
     torch.set_num_threads(args.threads)
-    for r in args.runs:  # fail before any evaluation
-        run_seed(r)
     scales = sorted(set(args.scales))
     ds = PreparedDataset.load(args.data)
     runs = [sweep_run(r, ds, scales, args.exclude_seen) for r in args.runs]

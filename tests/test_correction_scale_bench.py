@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dreamrec_correction_scale import main  # noqa: E402
 
 from dreamrec.config import RunConfig, TrainConfig  # noqa: E402
+from dreamrec.errors import ArtifactError  # noqa: E402
 from dreamrec.train.run import train_run  # noqa: E402
 
 RESIDUAL = {"hidden": 16, "timesteps": 20, "denoiser": "mlp2", "denoiser_residual": True, "p_uncond": 0.0,
@@ -49,7 +50,7 @@ def test_bad_input_is_named(tmp_path, small_synthetic):
     plain = _train(tmp_path, ds, {k: v for k, v in RESIDUAL.items() if k != "denoiser_residual"}, "plain")
     with pytest.raises(SystemExit, match="denoiser_residual"):
         main(["--runs", str(plain), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="seed<N>"):
+    with pytest.raises(ArtifactError, match="not a finished run"):
         main(["--runs", str(tmp_path / "plain"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--scales must be >= 0"):
         main(["--runs", str(plain), "--data", str(tmp_path / "data"), "--scales", "-1", "--out", str(tmp_path / "o")])
