@@ -89,3 +89,42 @@ def test_model_window_wider_than_the_data_is_refused(trained, tmp_path):
     tmp, _ = trained
     r = invoke("train", "--model", "sasrec", "--data", tmp / "data", "--out", tmp_path / "r3", "--set", "train.max_len=500")
     assert r.exit_code == 2 and "exceeds the dataset's history window" in r.output
+
+
+def test_sampler_options_from_the_command_line(trained, tmp_path):
+    """--correction-scale / --guidance-w reach the loaded model (evaluate, recommend); bad ones fail clearly."""
+    from dreamrec.data.dataset import PreparedDataset
+    from dreamrec.errors import ConfigError
+    from dreamrec.eval.evaluate import evaluate as run_eval
+    from dreamrec.train.run import load_run
+
+    tmp, log = trained
+    run = tmp_path / "dream"
+    r = invoke("train", "--model", "dreamrec", "--data", tmp / "data", "--out", run, "--no-progress",
+               "--set", "train.epochs=2", "--set", "hidden=16", "--set", "timesteps=10", "--set", "sampler=onestep",
+               "--set", "denoiser=mlp2", "--set", "denoiser_residual=true", "--set", "ce_weight=1.0")
+    assert r.exit_code == 0, r.output
+    loaded = load_run(run, sampler_options={"correction_scale": 3.0, "guidance_w": 0.5, "eta": None})
+    assert loaded.model.config.correction_scale == 3.0 and loaded.model.config.guidance_w == 0.5
+    assert load_run(run).model.config.correction_scale == 1.0  # the saved run is untouched
+    r = invoke("evaluate", run, "--json", "--correction-scale", 3, "--guidance-w", 0.5)
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    want = run_eval(loaded.model, PreparedDataset.load(tmp / "data").split("test"),
+                    batch_size=loaded.config.train.eval_batch_size, seed=loaded.config.train.seed)
+    assert got["HR@20"] == pytest.approx(want["HR@20"]) and got["NDCG@20"] == pytest.approx(want["NDCG@20"])
+    hist = ",".join(str(x) for x in log["iid"].unique().tolist()[:3])
+    base = json.loads(invoke("recommend", run, "--history", hist, "--k", 5).stdout)
+    scaled = invoke("recommend", run, "--history", hist, "--k", 5, "--correction-scale", 3)
+    assert scaled.exit_code == 0, scaled.output
+    assert json.loads(scaled.stdout)["scores"] != base["scores"]  # a 3x correction moves the query
+    r = invoke("evaluate", tmp / "run", "--correction-scale", 2)  # SASRec: no sampler at all
+    assert r.exit_code == 2 and "no diffusion sampler" in r.output
+    with pytest.raises(ConfigError, match="no sampler option 'bogus'"):
+        load_run(run, sampler_options={"bogus": 1})
+    plain = tmp_path / "plain"
+    r = invoke("train", "--model", "dreamrec", "--data", tmp / "data", "--out", plain, "--no-progress",
+               "--set", "train.epochs=1", "--set", "hidden=16", "--set", "timesteps=10")
+    assert r.exit_code == 0, r.output
+    r = invoke("recommend", plain, "--history", hist, "--correction-scale", 2)
+    assert r.exit_code == 2 and "needs denoiser_residual" in r.output

@@ -134,6 +134,8 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
+    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."),
+    correction_scale: Optional[float] = typer.Option(None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."),
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
     from dreamrec.data.dataset import PreparedDataset
@@ -141,7 +143,8 @@ def evaluate(
     from dreamrec.train.run import load_run
 
     try:
-        run = load_run(run_dir, sampler=sampler, steps=steps)
+        run = load_run(run_dir, sampler=sampler, steps=steps,
+                       sampler_options={"guidance_w": guidance_w, "correction_scale": correction_scale})
         data_dir = data or run.info.get("data_dir")
         if not data_dir:
             raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
@@ -184,6 +187,8 @@ def recommend(
     ),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
+    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."),
+    correction_scale: Optional[float] = typer.Option(None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."),
 ) -> None:
     """Top-k items (original ids) with scores for one history or a JSONL batch.
 
@@ -193,7 +198,8 @@ def recommend(
     if (history is None) == (input is None):
         _fail(DreamrecError("give exactly one of --history or --input"))
     try:
-        rec = Recommender.load(run_dir, sampler=sampler, steps=steps)
+        rec = Recommender.load(run_dir, sampler=sampler, steps=steps,
+                               sampler_options={"guidance_w": guidance_w, "correction_scale": correction_scale})
         if history is not None:
             r = rec.recommend(_parse_history(history), k=k, intent=intent, exclude_seen=exclude_seen)
             typer.echo(json.dumps(r.to_dict()))
@@ -258,6 +264,8 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
+    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."),
+    correction_scale: Optional[float] = typer.Option(None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."),
 ) -> None:
     """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs."""
     import os
@@ -269,13 +277,16 @@ def serve(
     from dreamrec.train.run import load_run
 
     try:
-        load_run(run_dir, sampler=sampler, steps=steps)  # fail fast with a clear message, before any worker starts
+        # fail fast with a clear message, before any worker starts
+        load_run(run_dir, sampler=sampler, steps=steps,
+                 sampler_options={"guidance_w": guidance_w, "correction_scale": correction_scale})
     except (DreamrecError, ValueError) as e:
         _fail(e)
     os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
     os.environ["DREAMREC_INDEX"] = index
     os.environ["DREAMREC_SAMPLER"] = sampler or ""
     os.environ["DREAMREC_STEPS"] = str(steps or "")
+    os.environ["DREAMREC_SAMPLER_OPTIONS"] = json.dumps({"guidance_w": guidance_w, "correction_scale": correction_scale})
     os.environ["DREAMREC_MAX_BODY_BYTES"] = str(max_body_bytes)
     if threads:
         os.environ["DREAMREC_THREADS"] = str(threads)

@@ -253,5 +253,6 @@ def app_from_env() -> FastAPI:
         index=os.environ.get("DREAMREC_INDEX", "exact"),
         sampler=os.environ.get("DREAMREC_SAMPLER") or None,
         steps=int(steps) if steps else None,
+        sampler_options=json.loads(os.environ.get("DREAMREC_SAMPLER_OPTIONS") or "{}"),
     )
     return create_app(rec, max_body_bytes=int(os.environ.get("DREAMREC_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))

@@ -83,8 +83,9 @@ class Recommender:
         seed: int | None = None,
         sampler: str | None = None,
         steps: int | None = None,
+        sampler_options: dict[str, Any] | None = None,
     ):
-        self.run = load_run(run_dir, device, sampler=sampler, steps=steps)
+        self.run = load_run(run_dir, device, sampler=sampler, steps=steps, sampler_options=sampler_options)
         self.device = device
         self.model = self.run.model
         self.model_name = self.run.config.model

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import tempfile
@@ -151,12 +152,20 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path, device: str = "cpu", *, sampler: str | None = None, steps: int | None = None
+    run_dir: str | Path,
+    device: str = "cpu",
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    sampler_options: dict[str, Any] | None = None,
 ) -> LoadedRun:
     """Rebuild the trained model of ``run_dir`` from YAML, JSON, Parquet and safetensors (no pickle).
 
     ``sampler`` / ``steps`` switch a diffusion model's inference sampler (ddpm | ddim | onestep,
-    S steps) without retraining; for other models giving them is an error.
+    S steps) without retraining; ``sampler_options`` are further keyword arguments of the model's
+    ``set_sampler`` (e.g. DreamRec's ``guidance_w`` and ``correction_scale``; None values are
+    ignored). For models without a sampler, or options the model does not have, giving them is an
+    error.
     """
     from dreamrec.train.checkpoint import load_weights
 
@@ -172,11 +181,17 @@ def load_run(
     info = json.loads((run_dir / "run.json").read_text())
     model = build_model(config.model, int(info["n_items"]), int(info["max_len"]), config.params)
     load_weights(model, run_dir / "model.safetensors")
-    if sampler is not None or steps is not None:
+    options = {k: v for k, v in (sampler_options or {}).items() if v is not None}
+    if sampler is not None or steps is not None or options:
         if not hasattr(model, "set_sampler"):
             raise ConfigError(f"model {config.model!r} has no diffusion sampler to set")
+        known = [n for n, p in inspect.signature(model.set_sampler).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"model {config.model!r} has no sampler option {', '.join(map(repr, unknown))} "
+                              f"(its options: {', '.join(known) or 'none'})")
         try:
-            model.set_sampler(sampler, steps)
+            model.set_sampler(sampler, steps, **options)
         except ValueError as e:  # pydantic validation
             raise ConfigError(f"bad sampler settings for {config.model!r}: {e}") from None
         config = config.model_copy(update={"params": model.config.model_dump()})
