@@ -46,6 +46,11 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 * ``correction_scale = s`` (inference only, residual denoiser): generation uses
   ``c + s (f(x_t, c, t) - c)`` at every step, extrapolating the learned correction away from the
   guidance much as classifier-free guidance extrapolates away from the unconditional prediction.
+* ``train_batches = "seq2seq"``: train on SASRec's batches -- windows with a target at every
+  position, each guided by the causal encoder's state at that position (the guidance of that
+  prefix) -- instead of one (history, next item) sample per event. Every transition is still one
+  sample per epoch, but a sequence's prefixes share one encoder pass: on leave-one-out splits
+  with long sequences an epoch costs a fraction of the pairs epoch.
 * ``self_condition``: the denoiser also takes its own previous x0 estimate (Chen et al., 2023);
   trained on half of the batches with the stop-gradient estimate of a first pass, fed back at
   every sampling step (a one-step sampler then makes two calls).
@@ -155,6 +160,10 @@ class DreamRecConfig(ModelConfig):
     train_timesteps: Literal["uniform", "last"] = Field(
         "uniform", description="uniform: t ~ U{1..T} (Algorithm 1); last: always t = T, training for one-step generation"
     )
+    train_batches: Literal["pairs", "seq2seq"] = Field(
+        "pairs", description="pairs: one (history, next item) sample per event (Algorithm 1); seq2seq: windows "
+        "with a target at every position, guided by the causal encoder's state there (SASRec's batches)"
+    )
 
 
     @model_validator(mode="after")
@@ -203,6 +212,7 @@ class DreamRec(SequentialRecommender):
         config = config or DreamRecConfig()
         assert isinstance(config, DreamRecConfig)
         super().__init__(n_items, max_len, config)
+        self.batch_mode = config.train_batches  # which batches the trainer builds (see DreamRecConfig)
         d = config.hidden
         self.encoder = TransformerEncoder(
             n_items,
@@ -261,17 +271,38 @@ class DreamRec(SequentialRecommender):
         return self.encoder.last_hidden(history, item_vectors)
 
     # -- training (Algorithm 1) ---------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
-        cfg = self.config
+    def _guidance_and_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(c, x0, target)``, one row per training sample: ``[N, d]``, ``[N, d]``, ``[N]``.
+
+        ``pairs`` batches (``labels is None``): ``c`` is the guidance of each history and ``target``
+        its next item (N = B). ``seq2seq`` batches: every labelled position ``j`` of a window is a
+        sample, with ``c`` the causal encoder's state at ``j`` -- the guidance of the prefix up to
+        ``j`` -- and the item after it as target (N = the labelled positions, row-major)."""
         history = batch.history[:, -self.max_len :]
         B, L = history.shape
-        K = cfg.draws
+        if batch.labels is None:
+            target = batch.target
+        else:
+            labelled = batch.labels[:, -self.max_len :] > 0
+            target = batch.labels[:, -self.max_len :][labelled]
         # one lookup for the history and the targets e_n^0: a single dense gradient of the table
-        rows = self.item_embedding(torch.cat([history.reshape(-1), batch.target]))
+        rows = self.item_embedding(torch.cat([history.reshape(-1), target]))
         x0 = rows[B * L :]  # e_n^0, gradients flow into the table
+        vectors = rows[: B * L].view(B, L, -1)
+        if batch.labels is None:
+            c = self.guidance(history, vectors)
+        else:
+            c = self.encoder(history, vectors)[labelled]
+        return c, x0, target
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        cfg = self.config
+        K = cfg.draws
+        c, x0, target = self._guidance_and_targets(batch)
+        B = target.shape[0]
         if not cfg.target_grad:
             x0 = x0.detach()
-        c = drop_condition(self.guidance(history, rows[: B * L].view(B, L, -1)), self.null_condition, cfg.p_uncond)
+        c = drop_condition(c, self.null_condition, cfg.p_uncond)
         if K > 1:  # K noise draws per row, draw-major: row k * B + b is draw k of row b
             x0, c = x0.repeat(K, 1), c.repeat(K, 1)
         if cfg.train_timesteps == "last":
@@ -289,10 +320,10 @@ class DreamRec(SequentialRecommender):
         if cfg.ce_weight > 0:
             logits = x0_hat @ self.item_embedding.weight[1:].T / cfg.ce_temperature  # real items only
             if K == 1:
-                ce = F.cross_entropy(logits, batch.target - 1)
+                ce = F.cross_entropy(logits, target - 1)
             else:  # -log (1/K) sum_k softmax(logits_k)[target]
                 log_p = mixture_log_probs(logits.view(K, B, -1))
-                ce = -log_p.gather(1, (batch.target - 1).unsqueeze(1)).mean()
+                ce = -log_p.gather(1, (target - 1).unsqueeze(1)).mean()
             loss = loss + cfg.ce_weight * ce
         return loss
 

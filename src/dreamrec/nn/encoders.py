@@ -229,9 +229,10 @@ class TransformerEncoder(nn.Module):
         x = item_vectors + self.position_embedding(positions)[None]
         return self.emb_dropout(self.emb_norm(x)) * valid, valid, attention_mask(history)
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` history -> ``[B, L, hidden]`` states (``empty_state`` at padded positions)."""
-        x, valid, mask = self._embed(history)
+    def forward(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]`` history -> ``[B, L, hidden]`` states (``empty_state`` at padded positions).
+        ``item_vectors``: see :meth:`_embed`."""
+        x, valid, mask = self._embed(history, item_vectors)
         for block in self.blocks:
             x = block(x, mask) * valid
         return with_empty_state(x, valid, self.empty_state)
