@@ -91,7 +91,7 @@ def test_model_window_wider_than_the_data_is_refused(trained, tmp_path):
     assert r.exit_code == 2 and "exceeds the dataset's history window" in r.output
 
 
-def test_sampler_options_from_the_command_line(trained, tmp_path):
+def test_sampler_options_from_the_command_line(trained, tmp_path, monkeypatch):
     """--correction-scale / --guidance-w reach the loaded model (evaluate, recommend); bad ones fail clearly."""
     from dreamrec.data.dataset import PreparedDataset
     from dreamrec.errors import ConfigError
@@ -118,6 +118,12 @@ def test_sampler_options_from_the_command_line(trained, tmp_path):
     scaled = invoke("recommend", run, "--history", hist, "--k", 5, "--correction-scale", 3)
     assert scaled.exit_code == 0, scaled.output
     assert json.loads(scaled.stdout)["scores"] != base["scores"]  # a 3x correction moves the query
+    pytest.importorskip("fastapi")
+    from dreamrec.serve.app import app_from_env
+
+    monkeypatch.setenv("DREAMREC_RUN_DIR", str(run))  # what `dreamrec serve --correction-scale 3` hands its workers
+    monkeypatch.setenv("DREAMREC_SAMPLER_OPTIONS", json.dumps({"guidance_w": None, "correction_scale": 3.0}))
+    assert app_from_env().state.recommender.model.config.correction_scale == 3.0
     r = invoke("evaluate", tmp / "run", "--correction-scale", 2)  # SASRec: no sampler at all
     assert r.exit_code == 2 and "no diffusion sampler" in r.output
     with pytest.raises(ConfigError, match="no sampler option 'bogus'"):

@@ -239,7 +239,9 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
 
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` (multi-worker serving): reads ``DREAMREC_RUN_DIR``
-    and optionally ``DREAMREC_MAX_BODY_BYTES``, ``DREAMREC_INDEX`` (exact/faiss), ``DREAMREC_THREADS``."""
+    and optionally ``DREAMREC_MAX_BODY_BYTES``, ``DREAMREC_INDEX`` (exact/faiss), ``DREAMREC_THREADS``,
+    ``DREAMREC_SAMPLER``, ``DREAMREC_STEPS`` and ``DREAMREC_SAMPLER_OPTIONS`` (a JSON object of further
+    ``set_sampler`` options, e.g. ``{"correction_scale": 8}``)."""
     import os
 
     import torch
