@@ -73,6 +73,7 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import ClassVar, Literal
 
@@ -86,6 +87,7 @@ from dreamrec.diffusion import ClassifierFreeGuidance, DiffusionScheduler, drop_
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
+from dreamrec.models.sasrec import labelled_positions
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser, SelfConditioned
 from dreamrec.nn.encoders import TransformerEncoder
 
@@ -281,19 +283,14 @@ class DreamRec(SequentialRecommender):
         ``j`` -- and the item after it as target (N = the labelled positions, row-major)."""
         history = batch.history[:, -self.max_len :]
         B, L = history.shape
-        if batch.labels is None:
-            target = batch.target
-        else:
-            labelled = batch.labels[:, -self.max_len :] > 0
-            target = batch.labels[:, -self.max_len :][labelled]
+        labelled, target = None, batch.target
+        if batch.labels is not None:  # the window's labelled positions, as SASRec's loss takes them
+            labelled, target = labelled_positions(replace(batch, history=history, labels=batch.labels[:, -L:]))
         # one lookup for the history and the targets e_n^0: a single dense gradient of the table
         rows = self.item_embedding(torch.cat([history.reshape(-1), target]))
         x0 = rows[B * L :]  # e_n^0, gradients flow into the table
         vectors = rows[: B * L].view(B, L, -1)
-        if batch.labels is None:
-            c = self.guidance(history, vectors)
-        else:
-            c = self.encoder(history, vectors)[labelled]
+        c = self.guidance(history, vectors) if labelled is None else self.encoder(history, vectors)[labelled]
         return c, x0, target
 
     def loss(self, batch: Batch) -> torch.Tensor:
