@@ -46,6 +46,20 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+# inference options of diffusion models beyond sampler/steps, shared by evaluate, recommend and serve
+GUIDANCE_W_OPTION = typer.Option(
+    None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."
+)
+CORRECTION_SCALE_OPTION = typer.Option(
+    None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."
+)
+
+
+def _sampler_options(guidance_w: float | None, correction_scale: float | None) -> dict[str, float | None]:
+    """The ``sampler_options`` of :func:`dreamrec.train.run.load_run` (None: keep the run's value)."""
+    return {"guidance_w": guidance_w, "correction_scale": correction_scale}
+
+
 def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -134,8 +148,8 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
-    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."),
-    correction_scale: Optional[float] = typer.Option(None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."),
+    guidance_w: Optional[float] = GUIDANCE_W_OPTION,
+    correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
     from dreamrec.data.dataset import PreparedDataset
@@ -144,7 +158,7 @@ def evaluate(
 
     try:
         run = load_run(run_dir, sampler=sampler, steps=steps,
-                       sampler_options={"guidance_w": guidance_w, "correction_scale": correction_scale})
+                       sampler_options=_sampler_options(guidance_w, correction_scale))
         data_dir = data or run.info.get("data_dir")
         if not data_dir:
             raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
@@ -187,8 +201,8 @@ def recommend(
     ),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
-    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."),
-    correction_scale: Optional[float] = typer.Option(None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."),
+    guidance_w: Optional[float] = GUIDANCE_W_OPTION,
+    correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
 ) -> None:
     """Top-k items (original ids) with scores for one history or a JSONL batch.
 
@@ -199,7 +213,7 @@ def recommend(
         _fail(DreamrecError("give exactly one of --history or --input"))
     try:
         rec = Recommender.load(run_dir, sampler=sampler, steps=steps,
-                               sampler_options={"guidance_w": guidance_w, "correction_scale": correction_scale})
+                               sampler_options=_sampler_options(guidance_w, correction_scale))
         if history is not None:
             r = rec.recommend(_parse_history(history), k=k, intent=intent, exclude_seen=exclude_seen)
             typer.echo(json.dumps(r.to_dict()))
@@ -264,8 +278,8 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
-    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."),
-    correction_scale: Optional[float] = typer.Option(None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."),
+    guidance_w: Optional[float] = GUIDANCE_W_OPTION,
+    correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
 ) -> None:
     """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs."""
     import os
@@ -276,17 +290,16 @@ def serve(
         _fail(DreamrecError("serving needs the 'serve' extra: pip install 'dreamrec[serve]'"))
     from dreamrec.train.run import load_run
 
+    options = _sampler_options(guidance_w, correction_scale)
     try:
-        # fail fast with a clear message, before any worker starts
-        load_run(run_dir, sampler=sampler, steps=steps,
-                 sampler_options={"guidance_w": guidance_w, "correction_scale": correction_scale})
+        load_run(run_dir, sampler=sampler, steps=steps, sampler_options=options)  # fail fast, before any worker starts
     except (DreamrecError, ValueError) as e:
         _fail(e)
     os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
     os.environ["DREAMREC_INDEX"] = index
     os.environ["DREAMREC_SAMPLER"] = sampler or ""
     os.environ["DREAMREC_STEPS"] = str(steps or "")
-    os.environ["DREAMREC_SAMPLER_OPTIONS"] = json.dumps({"guidance_w": guidance_w, "correction_scale": correction_scale})
+    os.environ["DREAMREC_SAMPLER_OPTIONS"] = json.dumps(options)
     os.environ["DREAMREC_MAX_BODY_BYTES"] = str(max_body_bytes)
     if threads:
         os.environ["DREAMREC_THREADS"] = str(threads)
