@@ -67,7 +67,8 @@ CAVEATS = {
                           "Zhihu validation, not tuned here), trained on SASRec's windows (train_batches seq2seq) with "
                           "SASRec-CE's batch size and learning rate. On Beauty, validation prefers s = 2 "
                           "(benchmarks/dreamrec_correction_scale.py over these three runs): test HR@20 11.33 ± 0.12, "
-                          "NDCG@20 4.88 ± 0.09 (results/dreamrec_correction_scale/beauty-ce-res-s8.json)",
+                          "NDCG@20 4.88 ± 0.09 (results/dreamrec_correction_scale/beauty-ce-res-s8.json); retrained at s = 2: "
+                          "the dreamrec-ce-res-s2 row",
     "dreamrec-ce-res-s2": "dreamrec-ce-res-s8 with correction_scale 2 (configs/dreamrec/beauty-ce-res-s2.yaml), the scale "
                           "with the best mean validation HR@20 in the sweep over the three s = 8 runs, trained with it "
                           "so that epoch selection sees it; seeds 0 and 1 resumed a run interrupted after epoch 24, so "
