@@ -131,10 +131,10 @@ def quick_data(work: Path) -> dict[str, Path]:
 
 
 QUICK = ["train.epochs=1", "train.eval_every=1", "train.batch_size=256"]
+_QUICK_RES = ["hidden=16", "timesteps=10", "inner_size=32"]  # the ce-res recipe, whatever its scale
 QUICK_PARAMS = {"diffurec": ["hidden=16", "n_blocks=1", "timesteps=4"], "dreamrec": ["hidden=16", "timesteps=10"],
                 "dreamrec-ce-onestep": ["hidden=16", "timesteps=10"],
-                "dreamrec-ce-res-s8": ["hidden=16", "timesteps=10", "inner_size=32"],
-                "dreamrec-ce-res-s2": ["hidden=16", "timesteps=10", "inner_size=32"]}
+                "dreamrec-ce-res-s8": _QUICK_RES, "dreamrec-ce-res-s2": _QUICK_RES}
 
 
 def main() -> None:

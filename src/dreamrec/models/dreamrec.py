@@ -285,7 +285,7 @@ class DreamRec(SequentialRecommender):
         B, L = history.shape
         labelled, target = None, batch.target
         if batch.labels is not None:  # the window's labelled positions, as SASRec's loss takes them
-            labelled, target = labelled_positions(replace(batch, history=history, labels=batch.labels[:, -L:]))
+            labelled, target = labelled_positions(replace(batch, labels=batch.labels[:, -L:]))
         # one lookup for the history and the targets e_n^0: a single dense gradient of the table
         rows = self.item_embedding(torch.cat([history.reshape(-1), target]))
         x0 = rows[B * L :]  # e_n^0, gradients flow into the table
