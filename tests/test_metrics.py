@@ -33,6 +33,32 @@ def test_target_ranks_all_tied_and_infinite() -> None:
     assert target_ranks(scores, torch.tensor([3])).tolist() == [3]
 
 
+def _brute_force_rank(row: np.ndarray, t: int) -> int:
+    """The definition, one row at a time: NaN counts as -inf, a NaN target ranks last."""
+    if np.isnan(row[t]):
+        return len(row)
+    r = np.where(np.isnan(row), -np.inf, row)
+    return int((r > r[t]).sum() + (r[:t] == r[t]).sum())
+
+
+@pytest.mark.parametrize("special", ["none", "ties", "nan", "inf", "both_inf"])
+def test_target_ranks_match_the_definition(special: str) -> None:
+    # every path of target_ranks (no tie, ties in some rows, NaN anywhere, +-inf) against a brute force
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 6, size=(40, 30)).astype(np.float32)  # coarse values: many ties
+    if special == "none":
+        scores = rng.normal(size=(40, 30)).astype(np.float32)
+    if special == "nan":
+        scores[rng.random(scores.shape) < 0.1] = np.nan
+    if special in ("inf", "both_inf"):
+        scores[rng.random(scores.shape) < 0.1] = np.inf
+    if special == "both_inf":
+        scores[rng.random(scores.shape) < 0.1] = -np.inf
+    target = rng.integers(1, 31, size=40)
+    got = target_ranks(torch.from_numpy(scores), torch.from_numpy(target)).tolist()
+    assert got == [_brute_force_rank(scores[i], target[i] - 1) for i in range(40)]
+
+
 def test_target_ranks_padding_never_ranked() -> None:
     scores = torch.tensor([[0.3, 0.2, 0.1]])
     with pytest.raises(ValueError):

@@ -24,13 +24,31 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"scores must be [B, n] and target [B]; got {tuple(scores.shape)} and {tuple(target.shape)}")
     if int(target.min()) < 1 or int(target.max()) > scores.shape[1]:
         raise ValueError("target ids must lie in 1..n_items (0 is padding)")
-    col = (target - 1).long()
-    nan_target = torch.isnan(scores.gather(1, col[:, None]))[:, 0]
+    col = (target - 1).long()[:, None]
+    s_t = scores.gather(1, col)  # [B, 1]
+    if torch.isnan(scores.sum()):  # a NaN somewhere (or +inf beside -inf): the general path
+        return _target_ranks_nan(scores, col, s_t)
+    # no NaN: count strictly higher, and break ties by id only in the rows that have a tie (int32
+    # counts: summing booleans into int64 costs twice as long on the CPU)
+    higher = (scores > s_t).sum(1, dtype=torch.int32).long()
+    tied = (scores >= s_t).sum(1, dtype=torch.int32).long() - higher  # the target itself and any equal score
+    rows = (tied > 1).nonzero().squeeze(1)
+    if len(rows):
+        idx = torch.arange(scores.shape[1], device=scores.device)[None, :]
+        before = ((scores[rows] == s_t[rows]) & (idx < col[rows])).sum(1)
+        higher = higher.index_add(0, rows, before)
+    return higher
+
+
+def _target_ranks_nan(scores: torch.Tensor, col: torch.Tensor, s_t: torch.Tensor) -> torch.Tensor:
+    """:func:`target_ranks` where scores may hold NaN: a NaN target is a miss (rank ``n``), other
+    NaN scores count as ``-inf``."""
+    nan_target = torch.isnan(s_t)[:, 0]
     scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    s_t = scores.gather(1, col[:, None])
+    s_t = scores.gather(1, col)
     higher = (scores > s_t).sum(1)
     idx = torch.arange(scores.shape[1], device=scores.device)[None, :]
-    ties_before = ((scores == s_t) & (idx < col[:, None])).sum(1)
+    ties_before = ((scores == s_t) & (idx < col)).sum(1)
     return torch.where(nan_target, scores.shape[1], higher + ties_before)
 
 
