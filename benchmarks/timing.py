@@ -37,7 +37,7 @@ from dreamrec_sampling import label, timed_evaluate  # noqa: E402
 from dreamrec_table1 import QUICK_DIR, prepare_zhihu, quick_data  # noqa: E402
 
 from dreamrec.config import apply_overrides, build_run_config, load_yaml  # noqa: E402
-from dreamrec.data.batching import n_pairs  # noqa: E402
+from dreamrec.data.batching import n_pairs, n_seq2seq  # noqa: E402
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.train.run import resolve  # noqa: E402
@@ -53,7 +53,9 @@ REFERENCE = {"train_samples_per_s": 61_641 / 18.5, "eval_s_per_1k": 8.0}
 def train_speed(model: torch.nn.Module, ds: PreparedDataset, cfg: Any, n: int, warmup: int,
                 repeat: int = 1) -> dict[str, float]:
     """Samples per second over ``n`` training steps after ``warmup``, best of ``repeat`` windows of
-    ``n`` consecutive steps (as evaluation is best of its repeats; new epochs start as needed)."""
+    ``n`` consecutive steps (as evaluation is best of its repeats; new epochs start as needed). A sample
+    is a batch row: a (history, next item) pair, or for a ``seq2seq`` model a window with a label at
+    every position, and ``s_per_epoch`` counts the epoch in those rows."""
     device = torch.device(cfg.train.device)
     model.to(device).train()
     opt = make_optimizer(model, cfg.train)
@@ -79,7 +81,7 @@ def train_speed(model: torch.nn.Module, ds: PreparedDataset, cfg: Any, n: int, w
         torch.cuda.synchronize()
     windows.append((samples, time.perf_counter() - t0, time.process_time() - c0))
     samples, wall, cpu = max(windows, key=lambda w: w[0] / w[1])
-    per_epoch = n_pairs(ds.train)
+    per_epoch = n_seq2seq(ds.train, cfg.train.max_len) if model.batch_mode == "seq2seq" else n_pairs(ds.train)
     return {"samples_per_s": samples / wall, "cpu_s_per_1k_samples": 1000 * cpu / samples,
             "epoch_samples": per_epoch, "s_per_epoch": per_epoch * wall / samples, "batches": n,
             "repeats": len(windows), "all_samples_per_s": [w[0] / w[1] for w in windows],

@@ -321,3 +321,67 @@ def test_attention_forward_last_with_dropout_matches_explicit_keys_and_values(n_
     a = torch.softmax(logits.masked_fill(~mask[:, :, -1], float("-inf")), dim=-1) * keep
     want = attn.out((a[..., None] * v).sum(2).reshape(B, D))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_trimmed_transformer_encoder_is_exact(n_layers: int) -> None:
+    """Length buckets without all-padding columns (``trim_padding``) give the states and gradients of the
+    full-width encoder at every position: mixed lengths, an empty row, a row wider than ``max_len``,
+    the item vectors looked up by the caller, ``forward`` and ``last_hidden``."""
+    torch.manual_seed(0)
+    enc = TransformerEncoder(40, 12, hidden=16, n_layers=n_layers, n_heads=2, dropout=0.3).double().eval()
+    with torch.no_grad():
+        enc.empty_state.normal_()
+    h = torch.zeros(6, 14, dtype=torch.long)
+    for row, n in enumerate([0, 1, 3, 5, 12, 14]):  # the last row is cut to its 12 most recent items
+        if n:
+            h[row, -n:] = torch.randint(1, 41, (n,))
+    vectors = enc.item_embedding(h)
+    outs: dict[bool, list[torch.Tensor]] = {}
+    for trim in (True, False):
+        enc.trim_padding = trim
+        f, last, f_vec = enc(h), enc.last_hidden(h), enc(h, vectors)
+        grads = torch.autograd.grad(f.square().sum() + last.sum(), list(enc.parameters()))
+        outs[trim] = [f, last, f_vec, *grads]
+    assert outs[True][0].shape == (6, 12, 16)
+    for a, b in zip(outs[True], outs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_trimmed_sasrec_training_loss_is_exact() -> None:
+    """In training mode (dropout 0, so no random draws) a seq2seq batch gives the same loss and the same
+    gradients trimmed and at full width."""
+    torch.manual_seed(0)
+    model = build_model("sasrec", 30, 10, {"hidden": 16, "dropout": 0.0, "loss": "ce"}).train()
+    h = torch.zeros(4, 10, dtype=torch.long)
+    labels = torch.zeros(4, 10, dtype=torch.long)
+    for row, n in enumerate([1, 2, 6, 10]):
+        seq = torch.randint(1, 31, (n + 1,))
+        h[row, -n:], labels[row, -n:] = seq[:-1], seq[1:]
+    batch = Batch(h, labels[:, -1], labels)
+    got = {}
+    for trim in (True, False):
+        model.encoder.trim_padding = trim
+        loss = model.loss(batch)
+        got[trim] = [loss, *torch.autograd.grad(loss, list(model.parameters()))]
+    for a, b in zip(got[True], got[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_trim_padding_auto_needs_the_cpu_and_a_large_batch() -> None:
+    from dreamrec.nn.encoders import AUTO_TRIM_MIN_CELLS, trims_on
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert trims_on("auto", cpu, AUTO_TRIM_MIN_CELLS) and not trims_on("auto", cpu, AUTO_TRIM_MIN_CELLS - 1)
+    assert not trims_on("auto", gpu, 10**6) and trims_on("auto", cpu)  # no size given: the device decides
+    assert trims_on(True, gpu, 1) and not trims_on(False, cpu, 10**6)
+    # the encoder asks with its batch's size: a small batch runs at full width, a large one in buckets
+    enc = TransformerEncoder(20, 8, hidden=8, n_layers=1, n_heads=1).eval()
+    calls: list[int] = []
+    enc._forward = lambda h, v: calls.append(h.shape[1]) or torch.zeros(h.shape[0], h.shape[1], 8)  # type: ignore[method-assign]
+    h = torch.zeros(AUTO_TRIM_MIN_CELLS // 8, 8, dtype=torch.long)
+    h[:, -1] = 1
+    enc(h[:4])
+    assert calls == [8]
+    enc(h)
+    assert calls == [8, 1]

@@ -31,13 +31,12 @@ code uses a linear "efficient attention" with feature-wise softmaxes).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import nn
 
 from dreamrec.nn.dropout import Dropout
-from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention
+from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention, TrimPadding, length_buckets, trims_on
 
 
 def timestep_embedding(
@@ -63,21 +62,6 @@ def sample_lambda(shape: torch.Size | tuple[int, ...], delta: float, *, device: 
     """``lambda ~ N(delta, delta^2)``: mean ``delta`` and standard deviation ``delta`` (DiffuRec Eq. 15;
     DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"). Global generator."""
     return delta + delta * torch.randn(shape, device=device, dtype=dtype)
-
-
-def length_buckets(valid: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """Split right-aligned rows by history length: ``[(w, rows)]`` where every row of ``rows`` has
-    padding only before its last ``w`` columns, ``w`` a power of two (or the full width ``L``).
-
-    A padding position is never a key (:func:`bidirectional_mask`) and only the last position is read
-    out, so dropping the all-padding columns of a bucket changes no output: on short-history data
-    (Beauty: 8 items on average in a window of 50) most of the attention and feed-forward work goes.
-    An empty history keeps one column (the last, which attends only to itself)."""
-    B, L = valid.shape
-    first = torch.where(valid.any(1), valid.int().argmax(1), L - 1)
-    width = (L - first).clamp(min=1)
-    bucket = (2 ** torch.ceil(torch.log2(width.double()))).long().clamp(max=L)
-    return [(int(w), (bucket == w).nonzero().squeeze(1)) for w in torch.unique(bucket).tolist()]
 
 
 def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -156,7 +140,7 @@ class DiffuRecApproximator(nn.Module):
         num_train_timesteps: int = 32,
         rescale_timesteps: bool = True,
         cross_attention: bool = False,
-        trim_padding: bool | Literal["auto"] = "auto",
+        trim_padding: TrimPadding = "auto",
     ):
         super().__init__()
         self.hidden = hidden
@@ -176,9 +160,7 @@ class DiffuRecApproximator(nn.Module):
         training step trimmed issues about 4x the operator calls of the full-width step (17k against 4.3k
         with 7 buckets), which costs more than the padding FLOPs it saves where kernel launches dominate (a
         GPU running this small model); on the CPU the saved FLOPs win (2.20 s -> 0.58 s per step)."""
-        if self.trim_padding == "auto":
-            return device.type == "cpu"
-        return bool(self.trim_padding)
+        return trims_on(self.trim_padding, device)
 
     def step_embedding(self, t: torch.Tensor) -> torch.Tensor:
         """``d_t`` [N, d] for 0-based steps ``t`` [N]."""
