@@ -107,7 +107,7 @@ class DreamRecConfig(ModelConfig):
     trim_padding: TrimPadding = Field(
         "auto", description="run the Transformer in length buckets without all-padding columns (no output "
         "at a real position changes): fewer FLOPs on short histories but more operator calls, so 'auto' trims "
-        "on the CPU, batches of at least 4096 history cells (batch x width), and not on a GPU"
+        "on the CPU, batches of at least 8192 history cells (batch x width), and not on a GPU"
     )
     # diffusion
     timesteps: int = Field(500, ge=1, description="T, the number of diffusion steps")

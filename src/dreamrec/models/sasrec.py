@@ -39,7 +39,7 @@ class SASRecConfig(ModelConfig):
     trim_padding: TrimPadding = Field(
         "auto", description="run the Transformer in length buckets without all-padding columns (no output "
         "at a real position changes): fewer FLOPs on short histories but more operator calls, so 'auto' trims "
-        "on the CPU, batches of at least 4096 history cells (batch x width), and not on a GPU"
+        "on the CPU, batches of at least 8192 history cells (batch x width), and not on a GPU"
     )
 
 
