@@ -89,7 +89,7 @@ from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.models.sasrec import labelled_positions
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser, SelfConditioned
-from dreamrec.nn.encoders import TransformerEncoder, TrimPadding
+from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding
 
 
 DEFAULT_STEPS = 10  # the default number of DDIM steps
@@ -104,11 +104,7 @@ class DreamRecConfig(ModelConfig):
     inner_size: int | None = Field(None, ge=1, description="feed-forward width; default hidden (authors' code)")
     activation: Literal["gelu", "relu"] = "relu"
     item_init_std: float = Field(1.0, gt=0, description="item and position tables start at N(0, std^2)")
-    trim_padding: TrimPadding = Field(
-        "auto", description="run the Transformer in length buckets without all-padding columns (no output "
-        "at a real position changes): fewer FLOPs on short histories but more operator calls, so 'auto' trims "
-        "on the CPU, batches of at least 8192 history cells (batch x width), and not on a GPU"
-    )
+    trim_padding: TrimPadding = Field("auto", description=TRIM_PADDING_HELP)
     # diffusion
     timesteps: int = Field(500, ge=1, description="T, the number of diffusion steps")
     beta_schedule: BetaSchedule = "exp"

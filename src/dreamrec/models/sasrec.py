@@ -22,7 +22,7 @@ from torch import nn
 
 from dreamrec.data.batching import Batch
 from dreamrec.models.base import ModelConfig, SequentialRecommender
-from dreamrec.nn.encoders import TransformerEncoder, TrimPadding
+from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding
 
 
 class SASRecConfig(ModelConfig):
@@ -36,11 +36,7 @@ class SASRecConfig(ModelConfig):
     loss: Literal["ce", "bce"] = "ce"
     n_negatives: int = Field(1, ge=1, description="negatives per positive for loss=bce")
     init_std: float = Field(0.02, gt=0)
-    trim_padding: TrimPadding = Field(
-        "auto", description="run the Transformer in length buckets without all-padding columns (no output "
-        "at a real position changes): fewer FLOPs on short histories but more operator calls, so 'auto' trims "
-        "on the CPU, batches of at least 8192 history cells (batch x width), and not on a GPU"
-    )
+    trim_padding: TrimPadding = Field("auto", description=TRIM_PADDING_HELP)
 
 
 def labelled_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

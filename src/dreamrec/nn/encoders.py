@@ -72,6 +72,12 @@ def length_buckets(valid: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
 
 
 TrimPadding = bool | Literal["auto"]
+# the help text of the ``trim_padding`` field of the configs whose model uses :class:`TransformerEncoder`
+TRIM_PADDING_HELP = (
+    "run the Transformer in length buckets without all-padding columns (no output at a real position changes): "
+    "fewer FLOPs on short histories but more operator calls, so 'auto' trims on the CPU, batches of at least "
+    "8192 history cells (batch x width), and not on a GPU"
+)
 
 
 # "auto" trims a batch of at least this many history cells (batch x width): below it the extra
