@@ -75,8 +75,8 @@ CAVEATS = {
                           "with the best mean validation HR@20 in the sweep over the three s = 8 runs, trained with it "
                           "so that epoch selection sees it; seeds 0 and 1 resumed a run interrupted after epoch 24, so "
                           "their recorded seconds cover the resumed part only. With patience 15 instead of 5 (Beauty, "
-                          "the same 3 seeds continued from their checkpoints) it stays at HR@20 12.11 ± 0.05 / NDCG@20 "
-                          "5.38 ± 0.11 (seed 2 at its best epoch so far), while SASRec-CE at patience 15 rises to 12.25 ± 0.12 / 5.16 ± 0.03: ahead on "
+                          "the same 3 seeds continued from their checkpoints) it gets HR@20 11.97 ± 0.28 / NDCG@20 "
+                          "5.45 ± 0.05, while SASRec-CE at patience 15 rises to 12.25 ± 0.12 / 5.16 ± 0.03: ahead on "
                           "HR@20, behind on NDCG (experiments/dreamrec/NOTES.md, session 13)",
     "diffurec": "the authors train for about 100 epochs or more; ours ran inside a time budget on a GPU shared by 16 "
                 "jobs (bf16), see the stop notes below. Trained to convergence on the CPU (seed 0 of beauty: early "
