@@ -17,7 +17,8 @@ from dreamrec.diffusion.noise import offset_noise
 from dreamrec.diffusion.schedules import make_beta_schedule
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.diffurec import DiffuRec
-from dreamrec.nn.approximators import bidirectional_mask, length_buckets, sample_lambda
+from dreamrec.nn.approximators import bidirectional_mask, sample_lambda
+from dreamrec.nn.encoders import length_buckets
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"hidden": 16, "n_blocks": 2, "n_heads": 2, "timesteps": 6}

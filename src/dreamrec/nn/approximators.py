@@ -17,7 +17,7 @@ DiffuRec (Li et al., TOIS 2023; restated by DiffuRecSys, Sec. 5.1) reconstructs 
 Only that last state is read, so the last block queries only the last position
 (:meth:`ApproximatorBlock.forward_last`), and with ``trim_padding`` (by default on the CPU only) the
 batch runs in buckets of similar history length without their all-padding columns
-(:func:`length_buckets`). Both are exact.
+(:func:`dreamrec.nn.encoders.by_length`). Both are exact.
 
 Attention is bidirectional over the real items (the target is not in the sequence, so nothing
 leaks); padding is never a key, and the diagonal is always allowed so an empty history (all
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from dreamrec.nn.dropout import Dropout
-from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention, TrimPadding, length_buckets, trims_on
+from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention, TrimPadding, by_length, trims_on
 
 
 def timestep_embedding(
@@ -174,13 +174,9 @@ class DiffuRecApproximator(nn.Module):
         lam = sample_lambda(e.shape, self.delta, device=e.device, dtype=e.dtype)  # lambda_i, [B, L, d]
         if not self.trims(e.device):
             return self._reconstruct(e, valid, lam, h_t)
-        parts, rows = [], []
-        for w, idx in length_buckets(valid):  # the same computation on fewer padding columns
-            parts.append(self._reconstruct(e[idx, -w:], valid[idx, -w:], lam[idx, -w:], h_t[idx]))
-            rows.append(idx)
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat(parts).index_select(0, torch.argsort(torch.cat(rows)))
+        return by_length(  # the same computation on fewer padding columns
+            valid, lambda w, rows: self._reconstruct(e[rows, -w:], valid[rows, -w:], lam[rows, -w:], h_t[rows])
+        )
 
     def _reconstruct(self, e: torch.Tensor, valid: torch.Tensor, lam: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
         """Eq. 14-16 on one batch: ``x0_hat`` [B, d] from ``e``, ``valid``, ``lambda`` [B, L, (d)] and ``x_t + d_t`` [B, d]."""

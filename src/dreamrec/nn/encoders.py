@@ -102,28 +102,26 @@ def trims_on(trim_padding: TrimPadding, device: torch.device, cells: int | None 
 
 
 def by_length(
-    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-    history: torch.Tensor,
-    item_vectors: torch.Tensor | None,
+    valid: torch.Tensor,
+    fn: Callable[[int, torch.Tensor], torch.Tensor],
     left_fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``fn(history, item_vectors)`` computed per length bucket on the bucket's last ``w`` columns.
-
-    ``fn`` returns one row per sequence (``[b, ...]``) or, with ``left_fill`` (``[d]``), one state per
-    position (``[b, w, d]``), whose dropped columns are then filled with ``left_fill``. Rows come back
-    in the input order. In eval mode the result equals ``fn(history, item_vectors)`` up to float
-    rounding; in training, dropout masks are drawn bucket by bucket (same distribution, other draws)."""
-    buckets = length_buckets(history > 0)
-    L = history.shape[1]
-    if len(buckets) == 1 and buckets[0][0] == L:
-        return fn(history, item_vectors)
+    """``fn(w, rows)`` for each length bucket of ``valid`` ``[B, L]`` (:func:`length_buckets`), reassembled
+    in the input order. ``fn`` computes the bucket's ``rows`` on their last ``w`` columns and returns one
+    row per sequence (``[b, ...]``) or, with ``left_fill`` (``[d]``), one state per position (``[b, w, d]``),
+    whose dropped columns are then filled with ``left_fill``. In eval mode the result equals the full-width
+    computation up to float rounding; in training, dropout masks are drawn bucket by bucket (same
+    distribution, other draws)."""
+    L = valid.shape[1]
     parts, rows = [], []
-    for w, idx in buckets:
-        out = fn(history[idx, -w:], None if item_vectors is None else item_vectors[idx, -w:])
+    for w, idx in length_buckets(valid):
+        out = fn(w, idx)
         if left_fill is not None and w < L:
             out = torch.cat([left_fill.to(out.dtype).expand(len(idx), L - w, -1), out], dim=1)
         parts.append(out)
         rows.append(idx)
+    if len(parts) == 1:  # one bucket holds every row, in order
+        return parts[0]
     return torch.cat(parts).index_select(0, torch.argsort(torch.cat(rows)))
 
 
@@ -307,7 +305,8 @@ class TransformerEncoder(nn.Module):
         (:func:`by_length`), which changes no state at a real position."""
         history, item_vectors = self._clip(history, item_vectors)
         if trims_on(self.trim_padding, history.device, history.numel()):
-            return by_length(self._forward, history, item_vectors, left_fill=self.empty_state)
+            return by_length(history > 0, lambda w, rows: self._forward(*_bucket(history, item_vectors, w, rows)),
+                             left_fill=self.empty_state)
         return self._forward(history, item_vectors)
 
     def last_hidden(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
@@ -320,7 +319,7 @@ class TransformerEncoder(nn.Module):
         several times cheaper. With ``trim_padding`` the batch runs in length buckets."""
         history, item_vectors = self._clip(history, item_vectors)
         if trims_on(self.trim_padding, history.device, history.numel()):
-            return by_length(self._last_hidden, history, item_vectors)
+            return by_length(history > 0, lambda w, rows: self._last_hidden(*_bucket(history, item_vectors, w, rows)))
         return self._last_hidden(history, item_vectors)
 
     def _clip(
@@ -347,6 +346,13 @@ class TransformerEncoder(nn.Module):
         else:
             x = x[:, -1:]
         return with_empty_state(x, valid[:, -1:], self.empty_state)[:, 0]
+
+
+def _bucket(
+    history: torch.Tensor, item_vectors: torch.Tensor | None, w: int, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The last ``w`` columns of ``rows`` of the history (and of its item vectors, when given)."""
+    return history[rows, -w:], None if item_vectors is None else item_vectors[rows, -w:]
 
 
 def with_empty_state(x: torch.Tensor, valid: torch.Tensor, empty_state: torch.Tensor) -> torch.Tensor:
