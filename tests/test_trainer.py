@@ -339,3 +339,87 @@ def test_compile_failure_falls_back_to_eager(dataset: PreparedDataset, tmp_path:
     with pytest.warns(RuntimeWarning, match="compilation failed.*no backend here.*training uncompiled"):
         _, fallback = fit("sasrec", SASREC, dataset, tmp_path / "fallback", **kw, compile=True)
     assert [h["loss"] for h in fallback.history] == [h["loss"] for h in eager.history]
+
+
+def test_weight_average_equations() -> None:
+    """``theta_bar <- d_n theta_bar + (1 - d_n) theta`` with ``d_n = min(decay, (1 + n) / (10 + n))``,
+    hand-computed; frozen parameters are not averaged; ``applied`` swaps the average in and back."""
+    from dreamrec.train.ema import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
+    net[1].weight.requires_grad_(False)
+    w = net[0].weight
+    with torch.no_grad():
+        w.copy_(torch.tensor([[1.0, 2.0]]))
+    avg = WeightAverage(net, decay=0.2)
+    assert avg.names == ["0.weight"]
+    with torch.no_grad():
+        w.copy_(torch.tensor([[3.0, 6.0]]))
+    avg.update()  # d_1 = min(0.2, 2 / 11) = 2 / 11
+    expect = (2 / 11) * torch.tensor([1.0, 2.0]) + (9 / 11) * torch.tensor([3.0, 6.0])
+    assert torch.allclose(avg.shadow[0][0], expect)
+    with torch.no_grad():
+        w.copy_(torch.tensor([[0.0, 1.0]]))
+    avg.update()  # d_2 = min(0.2, 3 / 12) = 0.2
+    expect = 0.2 * expect + 0.8 * torch.tensor([0.0, 1.0])
+    assert torch.allclose(avg.shadow[0][0], expect)
+    assert avg.rate(1000) == 0.2 and WeightAverage(net, 0.999).rate(1000) == pytest.approx(1001 / 1010)
+    with avg.applied():
+        assert torch.allclose(w[0], expect)
+    assert torch.equal(w, torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, 1.0)
+
+
+def test_ema_training_validates_and_keeps_the_average(dataset: PreparedDataset, tmp_path: Path) -> None:
+    """With ``ema_decay`` the validated, selected and saved weights are the running average: it learns
+    the planted cycles, the kept weights score what validation reported, they differ from the raw
+    weights, and a decay near 0 (the average is the last step) reproduces training without one."""
+    from dreamrec.eval.evaluate import evaluate
+    from dreamrec.train.checkpoint import best_weights_path
+
+    kw = {"epochs": 25, "patience": 3}
+    model, result = fit("sasrec", SASREC, dataset, tmp_path / "ema", ema_decay=0.9, **kw)
+    assert result.best_val["HR@5"] > 0.9, result.history
+    again = evaluate(model, dataset.val, max_len=MAX_LEN, ks=(5, 10, 20, 50))
+    assert again["HR@5"] == pytest.approx(result.best_val["HR@5"])
+    final = load_file(str(tmp_path / "ema" / "model.safetensors"))
+    kept = load_file(str(best_weights_path(tmp_path / "ema" / "checkpoint")))
+    assert all(torch.equal(final[k], kept[k]) for k in final)
+    # validated once, after the last epoch: what is kept is the checkpoint's average, not the raw weights
+    from dreamrec.train.trainer import batches
+
+    once_model, once = fit("sasrec", SASREC, dataset, tmp_path / "once", ema_decay=0.9, epochs=2, eval_every=2)
+    per_epoch = batches(once_model, dataset, 32, MAX_LEN, np.random.default_rng(0))[1]
+    assert once.best_epoch == 2
+    state = json.loads((tmp_path / "once" / "checkpoint" / "state.json").read_text())
+    raw = load_file(str(tmp_path / "once" / "checkpoint" / state["tensors"] / "model.safetensors"))
+    average = load_file(str(tmp_path / "once" / "checkpoint" / state["tensors"] / "average.safetensors"))
+    final = load_file(str(tmp_path / "once" / "model.safetensors"))
+    assert state["state"]["ema_updates"] == 2 * per_epoch and set(average) <= set(raw) == set(final)
+    assert all(torch.equal(final[k], average[k]) for k in average)
+    assert not all(torch.equal(raw[k], average[k]) for k in average)
+
+    short = {"epochs": 3, "patience": 50}
+    plain_model, plain = fit("sasrec", SASREC, dataset, tmp_path / "plain", **short)
+    last_model, last = fit("sasrec", SASREC, dataset, tmp_path / "last", ema_decay=1e-12, **short)
+    assert [h["loss"] for h in last.history] == [h["loss"] for h in plain.history]
+    assert last.best_val == pytest.approx(plain.best_val)
+
+
+def test_ema_resume_equals_uninterrupted(dataset: PreparedDataset, tmp_path: Path) -> None:
+    """The average travels in the checkpoint: an interrupted run resumes to the same result; resuming
+    with another ``ema_decay`` than the checkpoint's is refused by name."""
+    kw = {"epochs": 6, "patience": 50, "lr": 0.003, "ema_decay": 0.8}
+    full_model, full = fit("sasrec", SASREC, dataset, tmp_path / "full", **kw)
+    fit("sasrec", SASREC, dataset, tmp_path / "part", **{**kw, "epochs": 3})
+    torch.manual_seed(999)
+    resumed_model, resumed = fit("sasrec", SASREC, dataset, tmp_path / "part", **kw, resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert resumed.best_val == full.best_val and resumed.best_epoch == full.best_epoch
+    a, b = full_model.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        fit("sasrec", SASREC, dataset, tmp_path / "part", **{**kw, "ema_decay": None, "epochs": 8}, resume=True)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        fit("sasrec", SASREC, dataset, tmp_path / "full", **{**kw, "ema_decay": 0.9, "epochs": 8}, resume=True)

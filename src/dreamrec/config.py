@@ -55,6 +55,11 @@ class TrainConfig(_Strict):
     val_sampler_steps: int | None = Field(None, ge=1, description="S for val_sampler (None = all T)")
     max_len: int | None = Field(None, ge=1, description="history window seen by the model; default the dataset's")
     grad_clip: float | None = Field(5.0, gt=0)
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay (e.g. "
+        "0.999; warm-up min(decay, (1 + n) / (10 + n)) at step n, as diffusion models train) and validate, select "
+        "and save the average instead of the last step's weights. None = no average"
+    )
     seed: int = 42
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default torch's choice")

@@ -10,6 +10,7 @@ Layout of a checkpoint directory (``<run>/checkpoint/``)::
     <tag>/optimizer.safetensors
     <tag>/rng.safetensors
     <tag>/best.safetensors  # the weights of the best validated epoch so far (if any)
+    <tag>/average.safetensors  # the running weight average, when training keeps one (train.ema_decay)
 
 A new checkpoint is written into a fresh ``<tag>`` folder, then ``state.json`` is replaced
 atomically (``os.replace``) to point at it, then older folders are deleted. A crash at any point
@@ -35,6 +36,7 @@ from dreamrec.errors import ArtifactError
 
 STATE_FILE = "state.json"
 BEST_FILE = "best.safetensors"
+AVERAGE_FILE = "average.safetensors"
 CHECKPOINT_FORMAT = 1
 
 
@@ -200,11 +202,15 @@ def save_checkpoint(
     rng: np.random.Generator,
     *,
     best_is_current: bool = False,
+    best: dict[str, torch.Tensor] | None = None,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a resumable checkpoint into ``directory`` atomically (see the module docstring).
 
-    ``best_is_current``: the model's current weights are the new best (``best.safetensors``);
-    otherwise the previous checkpoint's best weights, if any, are carried over.
+    ``best_is_current``: this epoch's weights are the new best (``best.safetensors``): ``best`` when
+    given (the validated weights, e.g. a weight average, as :func:`model_tensors` lays them out), else
+    the model's current weights; otherwise the previous checkpoint's best weights, if any, are
+    carried over. ``average``: a running weight average to keep beside them (``average.safetensors``).
 
     ``state`` holds the trainer's JSON-serialisable scalars (epoch, best metric, history, ...);
     the optimizer's param groups and the NumPy generator's ``bit_generator.state`` are added.
@@ -220,7 +226,11 @@ def save_checkpoint(
         opt_tensors, opt_meta = optimizer_to_parts(optimizer)
         save_file(opt_tensors, str(sub / "optimizer.safetensors"))
         save_file(rng_tensors(), str(sub / "rng.safetensors"))
-        if best_is_current:
+        if average is not None:
+            save_file(average, str(sub / AVERAGE_FILE))
+        if best_is_current and best is not None:
+            save_file(best, str(sub / BEST_FILE))
+        elif best_is_current:
             _link_or_copy(sub / "model.safetensors", sub / BEST_FILE)
         elif previous_best is not None:
             _link_or_copy(previous_best, sub / BEST_FILE)
@@ -260,6 +270,19 @@ def best_weights_path(directory: str | Path) -> Path | None:
         raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
     path = Path(directory) / tag / BEST_FILE
     return path if path.is_file() else None
+
+
+def load_average(directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """The committed checkpoint's weight average (``<tag>/average.safetensors``), or None without one."""
+    state_file = Path(directory) / STATE_FILE
+    try:
+        tag = json.loads(state_file.read_text())["tensors"]
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory}: no checkpoint ({STATE_FILE} missing)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
+    path = Path(directory) / tag / AVERAGE_FILE
+    return load_file(str(path)) if path.is_file() else None
 
 
 def has_checkpoint(directory: str | Path) -> bool:

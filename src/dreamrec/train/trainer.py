@@ -3,6 +3,8 @@
 ``train`` fits a :class:`~dreamrec.models.base.SequentialRecommender` on a
 :class:`~dreamrec.data.dataset.PreparedDataset`, selects the epoch with the best validation
 metric (early stopping with ``patience``), keeps its weights in ``<out_dir>/model.safetensors``
+(with ``train.ema_decay``, an exponential moving average of the weights is what is validated,
+selected and kept; :mod:`dreamrec.train.ema`)
 and writes a resumable, pickle-free checkpoint after every epoch (``<out_dir>/checkpoint/``,
 see :mod:`dreamrec.train.checkpoint`). Resuming continues from that checkpoint and produces the
 same result as an uninterrupted run with the same seed: the batch order comes from a NumPy
@@ -32,14 +34,17 @@ from tqdm.auto import tqdm
 from dreamrec.config import TrainConfig
 from dreamrec.data.batching import Batch, iter_pairs, iter_seq2seq, n_pairs, n_seq2seq
 from dreamrec.data.dataset import PreparedDataset
-from dreamrec.errors import ConfigError
+from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.train import distributed
+from dreamrec.train.ema import WeightAverage
 from dreamrec.train.checkpoint import (
     best_weights_path,
     has_checkpoint,
+    load_average,
     load_checkpoint,
+    model_tensors,
     load_weights,
     save_checkpoint,
     save_weights,
@@ -234,6 +239,10 @@ def train(
         raise ConfigError(f"train.val_sampler: model {model.name!r} has no diffusion sampler to switch")
 
     def validate() -> dict[str, float]:
+        with average.applied() if average is not None else contextlib.nullcontext():
+            return _validate()
+
+    def _validate() -> dict[str, float]:
         own = None
         if config.val_sampler is not None:  # select with the cheaper sampler, then give the model its own back
             own = (model.config.sampler, model.config.sampler_steps)
@@ -248,6 +257,10 @@ def train(
                 model.set_sampler(*own)
 
     model.fit_statistics(dataset)
+    # the weight average starts from the initial weights (after fit_statistics, on the device)
+    average = None
+    if config.ema_decay is not None and model.batch_mode != "none":
+        average = WeightAverage(model, config.ema_decay)
 
     if model.batch_mode == "none":
         t0 = time.perf_counter()
@@ -268,9 +281,21 @@ def train(
         "bad_epochs": 0,
         "stopped_early": False,
         "history": [],
+        "ema_decay": config.ema_decay,
+        "ema_updates": 0,
     }
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, model, optimizer, rng)
+        if state.get("ema_decay") != config.ema_decay:
+            raise ConfigError(
+                f"train.ema_decay is {config.ema_decay} but the checkpoint in {ckpt_dir} was trained with "
+                f"{state.get('ema_decay')}: resume with the same value (or train afresh without --resume)"
+            )
+        if average is not None:
+            tensors = load_average(ckpt_dir)
+            if tensors is None:
+                raise ArtifactError(f"{ckpt_dir}: the checkpoint has no weight average (average.safetensors)")
+            average.load(tensors, state["ema_updates"], str(ckpt_dir))
         # early stopping is judged again under this call's patience: a larger one lets a stopped run go on
         state["stopped_early"] = state["best_value"] is not None and state["bad_epochs"] >= config.patience
         if env.rank > 0:  # rank 0's random state was restored: give this rank its own stream again
@@ -307,6 +332,8 @@ def train(
             if len(batch.target) < env.world:  # too few rows to give every rank one: skipped on all ranks
                 continue
             value = train_step(model, distributed.local_part(batch, env).to(device), optimizer, config, device, loss_fn)
+            if average is not None:
+                average.update()
             if not math.isfinite(value):
                 bar.close()
                 raise FloatingPointError(f"epoch {epoch}: training loss is {value}")
@@ -340,11 +367,21 @@ def train(
             entry["budget_spent"] = True
         state["epoch"] = epoch
         state["history"].append(entry)
+        best_tensors = averaged = None
+        if average is not None:
+            state["ema_updates"] = average.updates
+            averaged = average.tensors()
+            if entry.get("best"):
+                with average.applied():  # cloned: on the CPU model_tensors shares the parameters' storage
+                    best_tensors = {k: v.clone() for k, v in model_tensors(model).items()}
         stop = " | early stop" if state["stopped_early"] else " | time budget spent" if out_of_time else ""
         say(_summary(entry, config.val_metric) + stop)
         if main:
             _append_log(log_path, entry)
-            save_checkpoint(ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")))
+            save_checkpoint(
+                ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")), best=best_tensors,
+                average=averaged,
+            )
 
     distributed.barrier(env)  # rank 0's last checkpoint is on disk before anyone reads it
     best = best_weights_path(ckpt_dir) if state["best_value"] is not None else None
