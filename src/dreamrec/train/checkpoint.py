@@ -259,8 +259,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def best_weights_path(directory: str | Path) -> Path | None:
-    """The committed checkpoint's best weights (``<tag>/best.safetensors``), or None."""
+def _committed_file(directory: str | Path, name: str) -> Path | None:
+    """``<tag>/<name>`` of the committed checkpoint in ``directory``, or None (no checkpoint, or no such file)."""
     state_file = Path(directory) / STATE_FILE
     if not state_file.is_file():
         return None
@@ -268,21 +268,19 @@ def best_weights_path(directory: str | Path) -> Path | None:
         tag = json.loads(state_file.read_text())["tensors"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
-    path = Path(directory) / tag / BEST_FILE
+    path = Path(directory) / tag / name
     return path if path.is_file() else None
+
+
+def best_weights_path(directory: str | Path) -> Path | None:
+    """The committed checkpoint's best weights (``<tag>/best.safetensors``), or None."""
+    return _committed_file(directory, BEST_FILE)
 
 
 def load_average(directory: str | Path) -> dict[str, torch.Tensor] | None:
     """The committed checkpoint's weight average (``<tag>/average.safetensors``), or None without one."""
-    state_file = Path(directory) / STATE_FILE
-    try:
-        tag = json.loads(state_file.read_text())["tensors"]
-    except FileNotFoundError:
-        raise ArtifactError(f"{directory}: no checkpoint ({STATE_FILE} missing)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
-    path = Path(directory) / tag / AVERAGE_FILE
-    return load_file(str(path)) if path.is_file() else None
+    path = _committed_file(directory, AVERAGE_FILE)
+    return load_file(str(path)) if path is not None else None
 
 
 def has_checkpoint(directory: str | Path) -> bool:

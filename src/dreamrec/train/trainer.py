@@ -38,17 +38,17 @@ from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.train import distributed
-from dreamrec.train.ema import WeightAverage
 from dreamrec.train.checkpoint import (
     best_weights_path,
     has_checkpoint,
     load_average,
     load_checkpoint,
-    model_tensors,
     load_weights,
+    model_tensors,
     save_checkpoint,
     save_weights,
 )
+from dreamrec.train.ema import WeightAverage
 
 WEIGHTS_FILE = "model.safetensors"
 LOG_FILE = "log.jsonl"
