@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from dreamrec.config import TrainConfig
 from dreamrec.data.dataset import PreparedDataset, Sequences, SampleRows, pad_left
-from dreamrec.errors import ConfigError
+from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.train.checkpoint import load_checkpoint, load_weights
@@ -369,6 +369,14 @@ def test_weight_average_equations() -> None:
     assert torch.equal(w, torch.tensor([[0.0, 1.0]]))
     with pytest.raises(ValueError, match="decay"):
         WeightAverage(net, 1.0)
+    # a checkpoint's average is restored exactly, and one for another model is refused by name
+    other = WeightAverage(net, decay=0.2)
+    other.load(avg.tensors(), avg.updates)
+    assert torch.equal(other.shadow[0], avg.shadow[0]) and other.updates == 2
+    with pytest.raises(ArtifactError, match="weight average tensors do not match"):
+        other.load({"1.weight": torch.zeros(1, 1)}, 2)
+    with pytest.raises(ArtifactError, match="0.weight has shape"):
+        other.load({"0.weight": torch.zeros(2, 1)}, 2)
 
 
 def test_ema_training_validates_and_keeps_the_average(dataset: PreparedDataset, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,20 +97,29 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return _unique_state(model)[0]
 
 
-def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str = "weights") -> None:
-    """Load ``tensors`` (as produced by :func:`model_tensors`) into ``model``, strictly."""
-    expected, aliases = _unique_state(model)
+def check_tensors(
+    expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str, what: str = "weights",
+    aliases: Iterable[str] = (),
+) -> None:
+    """Raise :class:`ArtifactError` naming the problem unless ``tensors`` has exactly ``expected``'s names
+    (``aliases`` may also appear) with their shapes."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected) - set(aliases))
     if missing or unexpected:
         raise ArtifactError(
-            f"{source}: weights do not match the model (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+            f"{source}: {what} do not match the model (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )
     for name, t in tensors.items():
         if name in expected and tuple(t.shape) != tuple(expected[name].shape):
             raise ArtifactError(
                 f"{source}: {name} has shape {tuple(t.shape)}, the model expects {tuple(expected[name].shape)}"
             )
+
+
+def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load ``tensors`` (as produced by :func:`model_tensors`) into ``model``, strictly."""
+    expected, aliases = _unique_state(model)
+    check_tensors(expected, tensors, source, aliases=aliases)
     model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)
 
 

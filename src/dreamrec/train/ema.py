@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dreamrec.errors import ArtifactError
+from dreamrec.train.checkpoint import check_tensors
 
 
 class WeightAverage:
@@ -64,15 +64,8 @@ class WeightAverage:
 
     def load(self, tensors: dict[str, torch.Tensor], updates: int, source: str = "average") -> None:
         """Restore what :meth:`tensors` wrote after ``updates`` updates."""
-        if set(tensors) != set(self.names):
-            missing, unexpected = sorted(set(self.names) - set(tensors)), sorted(set(tensors) - set(self.names))
-            raise ArtifactError(
-                f"{source}: the weight average does not match the model (missing: {missing[:5]}, "
-                f"unexpected: {unexpected[:5]})"
-            )
+        check_tensors(dict(zip(self.names, self.shadow)), tensors, source, what="weight average tensors")
         with torch.no_grad():
             for n, s in zip(self.names, self.shadow):
-                if tuple(tensors[n].shape) != tuple(s.shape):
-                    raise ArtifactError(f"{source}: {n} has shape {tuple(tensors[n].shape)}, expected {tuple(s.shape)}")
                 s.copy_(tensors[n])
         self.updates = int(updates)
