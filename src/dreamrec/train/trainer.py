@@ -367,16 +367,17 @@ def train(
             entry["budget_spent"] = True
         state["epoch"] = epoch
         state["history"].append(entry)
-        best_tensors = averaged = None
         if average is not None:
             state["ema_updates"] = average.updates
-            averaged = average.tensors()
-            if entry.get("best"):
-                with average.applied():  # cloned: on the CPU model_tensors shares the parameters' storage
-                    best_tensors = {k: v.clone() for k, v in model_tensors(model).items()}
         stop = " | early stop" if state["stopped_early"] else " | time budget spent" if out_of_time else ""
         say(_summary(entry, config.val_metric) + stop)
-        if main:
+        if main:  # only rank 0 writes: the average's tensors are gathered here, not on every rank
+            best_tensors = averaged = None
+            if average is not None:
+                averaged = average.tensors()
+                if entry.get("best"):
+                    with average.applied():  # cloned: on the CPU model_tensors shares the parameters' storage
+                        best_tensors = {k: v.clone() for k, v in model_tensors(model).items()}
             _append_log(log_path, entry)
             save_checkpoint(
                 ckpt_dir, model, optimizer, state, rng, best_is_current=bool(entry.get("best")), best=best_tensors,
