@@ -630,6 +630,88 @@ def test_residual_denoiser_starts_at_the_guidance_and_learns_a_correction(kind: 
     torch.testing.assert_close(model.query(h), model.guidance(h))  # one-step x0 = c at init
 
 
+def test_history_mean_by_hand() -> None:
+    """history_mean: at each position the mean of the real items' vectors so far (padding skipped)."""
+    from dreamrec.models.dreamrec import history_mean
+
+    history = torch.tensor([[0, 2, 3], [0, 0, 0], [4, 0, 5]])
+    vectors = torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, 6.0]],
+                            [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]],
+                            [[2.0, 0.0], [9.0, 9.0], [4.0, 4.0]]])
+    want = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]],
+                         [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+                         [[2.0, 0.0], [2.0, 0.0], [3.0, 2.0]]])
+    torch.testing.assert_close(history_mean(history, vectors), want)
+
+
+def test_denoiser_history_reads_the_history_mean_and_drops_it_with_the_condition() -> None:
+    """denoiser_history: the condition is [c; h_bar] (h_bar the mean of the history's item rows), the
+    residual starts at f = c, the h_bar columns of the first layer move the query, and the guided
+    one-step query is (1 + w) f(x_T, [c; h_bar]) - w f(x_T, [∅; 0]) by hand."""
+    cfg = {**SMALL, "denoiser": "mlp2", "denoiser_residual": True, "denoiser_history": True, "sampler": "onestep",
+           "guidance_w": 0.0}
+    model = build_model("dreamrec", 30, 8, cfg)
+    model.eval()
+    h = histories()
+    d = SMALL["hidden"]
+    assert model.denoiser.fc_in.in_features == 4 * d
+    cond = model.condition(h)
+    E = model.item_embedding.weight
+    real = (h > 0).float()
+    h_bar = (E[h] * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
+    torch.testing.assert_close(cond, torch.cat([model.guidance(h), h_bar], dim=1))
+    torch.testing.assert_close(model.query(h), model.guidance(h))  # the residual starts at f = c
+    with torch.no_grad():
+        torch.nn.init.normal_(model.denoiser.fc_out.weight, std=0.1)
+        q = model.query(h)
+        model.denoiser.fc_in.weight[:, 2 * d : 3 * d].add_(0.5)  # the h_bar columns
+    assert not torch.allclose(model.query(h), q)
+    torch.testing.assert_close(model.null(), torch.cat([model.null_condition, torch.zeros(d)]))
+
+    model.set_sampler(guidance_w=2.0)
+    T1 = torch.tensor([model.scheduler.num_train_timesteps - 1])
+    torch.manual_seed(5)
+    got = model.query(h)
+    torch.manual_seed(5)
+    x_T = torch.randn(h.shape[0], d)
+    null = model.null().expand(h.shape[0], -1)
+    want = 3.0 * model.denoiser(x_T, T1, cond) - 2.0 * model.denoiser(x_T, T1, null)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="condition_width"):
+        from dreamrec.nn.denoisers import MLPDenoiser
+        MLPDenoiser(8, "mlp2", condition_width=4)
+
+
+def test_untied_dreamrec_targets_and_keys_are_a_second_table() -> None:
+    """tie_items=false: the x0 targets, the CE logits and the retrieval keys come from the target
+    table; the encoder reads its own input table (by hand for the one-step CE loss)."""
+    cfg = {**SMALL, "dropout": 0.0, "denoiser": "mlp2", "denoiser_residual": True, "sampler": "onestep",
+           "guidance_w": 0.0, "p_uncond": 0.0, "train_timesteps": "last", "x0_weight": 0.5, "ce_weight": 1.0,
+           "tie_items": False}
+    model = build_model("dreamrec", 30, 8, cfg)
+    E, M = model.item_embeddings(), model.encoder.item_embedding.weight
+    assert E.shape == M.shape and E.data_ptr() != M.data_ptr()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.denoiser.fc_out.weight, std=0.1)
+    h, y = histories(), torch.tensor([3, 4, 5, 6, 7, 8])
+    torch.manual_seed(2)
+    loss = model.loss(Batch(h, y))
+    torch.manual_seed(2)
+    x0 = E[y]
+    T1 = torch.full((6,), model.scheduler.num_train_timesteps - 1)
+    x_t = model.scheduler.add_noise(x0, torch.randn_like(x0), T1)
+    f = model.denoiser(x_t, T1, model.guidance(h))
+    want = 0.5 * F.mse_loss(f, x0) + F.cross_entropy(f @ E[1:].T, y - 1)
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert E.grad is not None and M.grad is not None and M.grad.abs().sum() > 0
+    model.eval()
+    torch.manual_seed(0)
+    q = model.query(h)
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.score(h), q @ E[1:].T)
+
+
 def test_denoiser_dropout_acts_in_training_only_and_needs_mlp2() -> None:
     from dreamrec.nn.denoisers import MLPDenoiser
 
@@ -654,7 +736,9 @@ def test_denoiser_dropout_acts_in_training_only_and_needs_mlp2() -> None:
 
 
 @pytest.mark.parametrize("params", [{"ce_weight": 1.0, "x0_weight": 0.0}, {"ce_weight": 0.5, "p_uncond": 0.3},
-                                    {"ce_weight": 1.0, "draws": 3, "denoiser": "mlp2", "denoiser_residual": True}])
+                                    {"ce_weight": 1.0, "draws": 3, "denoiser": "mlp2", "denoiser_residual": True},
+                                    {"ce_weight": 1.0, "p_uncond": 0.3, "denoiser": "mlp2", "denoiser_residual": True,
+                                     "denoiser_history": True}])
 def test_seq2seq_batches_are_the_pairs_of_every_prefix(params: dict) -> None:
     """A seq2seq window with a target at every position gives the loss of the pairs batch made of
     each labelled prefix (right-aligned) and its next item, in the same order: the causal encoder's

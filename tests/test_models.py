@@ -141,6 +141,26 @@ def test_ce_loss_matches_hand_computation(name: str) -> None:
     assert model.loss(Batch(h, labels[:, -1], labels)).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_untied_sasrec_scores_with_its_own_output_table() -> None:
+    """tie_items=false: the CE and the scores use the output table N, the encoder reads M; the loss
+    matches the hand computation against N, and changing M's rows moves the query, not the keys."""
+    torch.manual_seed(3)
+    model = build_model("sasrec", 5, 4, {**SMALL["sasrec"], "tie_items": False}).train()
+    N, M = model.item_embeddings(), model.encoder.item_embedding.weight
+    assert N.shape == M.shape and N.data_ptr() != M.data_ptr()
+    h = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 4]])
+    labels = torch.tensor([[0, 2, 3, 4], [0, 0, 0, 5]])
+    loss = model.loss(Batch(h, labels[:, -1], labels))
+    with torch.no_grad():
+        assert loss.item() == pytest.approx(_hand_ce(model.encoder(h), N, labels), rel=1e-5)
+    loss.backward()
+    assert M.grad is not None and N.grad is not None and N.grad[1:].abs().sum() > 0
+    model.eval()
+    torch.testing.assert_close(model.score(h), model.query(h) @ N[1:].T)
+    with pytest.raises(Exception, match="tie_items=false is not supported by cl4srec"):
+        build_model("cl4srec", 5, 4, {"hidden": 8, "tie_items": False})
+
+
 def test_bce_loss_uses_sampled_negatives() -> None:
     torch.manual_seed(0)
     model = build_model("sasrec", 7, 4, {**SMALL["sasrec"], "loss": "bce", "n_negatives": 3})

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from dreamrec.data.batching import Batch
@@ -41,6 +41,12 @@ class CL4SRecConfig(SASRecConfig):
     cl_weight: float = Field(0.1, ge=0, description="lambda of Eq. 7")
     tau: float = Field(1.0, gt=0, description="InfoNCE temperature")
     similarity: Literal["dot", "cos"] = "dot"
+
+    @model_validator(mode="after")
+    def _tied(self) -> "CL4SRecConfig":
+        if not self.tie_items:
+            raise ValueError("tie_items=false is not supported by cl4srec (its table also holds the mask token)")
+        return self
 
 
 def _lengths(history: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,13 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 * ``denoiser_residual``: ``f(x_t, c, t) = c + MLP([x_t; c; tau(t)])``, the MLP's output layer
   initialised at zero (training starts from ``f = c``).
 * ``denoiser_dropout``: dropout on the ``mlp2`` denoiser's hidden layer (training only).
+* ``denoiser_history``: the denoiser's condition is ``[c; h_bar]``, the guidance and the mean
+  ``h_bar = (1/n) sum_j e_j`` of the history's item embeddings, so the correction
+  ``f = c + MLP([x_t; c; h_bar; tau(t)])`` sees the history's items directly, not only through the
+  encoder state. The null condition ``∅`` is ``[∅_c; 0]``. Retrieval stays one inner product.
+* ``tie_items = False``: the encoder reads its own input table; the diffusion targets ``x_0`` and
+  the retrieval keys are a second table (the paper ties them: one table). The guidance is then
+  built from vectors that are not the candidates' keys, so it need not resemble the history's items.
 * ``correction_scale = s`` (inference only, residual denoiser): generation uses
   ``c + s (f(x_t, c, t) - c)`` at every step, extrapolating the learned correction away from the
   guidance much as classifier-free guidance extrapolates away from the unconditional prediction.
@@ -118,6 +125,10 @@ class DreamRecConfig(ModelConfig):
         "training starts from the guidance itself as the x0 estimate"
     )
     denoiser_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the mlp2 denoiser's hidden layer")
+    denoiser_history: bool = Field(
+        False, description="the denoiser's condition is [c; h_bar], the guidance and the mean of the history's "
+        "item embeddings (the null condition is [∅; 0])"
+    )
     correction_scale: float = Field(
         1.0, ge=0, description="inference only, with denoiser_residual: every denoiser call during generation "
         "returns c + s (f(x_t, c, t) - c), the learned correction scaled by s (1 = as trained)"
@@ -148,6 +159,10 @@ class DreamRecConfig(ModelConfig):
     x0_weight: float = Field(1.0, ge=0, description="weight of the x0 loss (the paper: 1; 0 with ce_weight > 0 "
                              "trains the denoiser by the cross-entropy alone)")
     freeze_items: bool = Field(False, description="keep the item table at its random init (a control)")
+    tie_items: bool = Field(
+        True, description="True: one item table is the encoder's input, the x0 targets and the retrieval keys (the "
+        "paper); False: the encoder has its own input table"
+    )
     self_condition: bool = Field(
         False, description="self-conditioning (Chen et al., 2023): the denoiser also takes its own previous "
         "x0 estimate (trained on half of the batches), and sampling feeds it back at every step"
@@ -199,6 +214,15 @@ def x0_loss(x0_hat: torch.Tensor, x0: torch.Tensor, kind: str = "mse") -> torch.
     raise ValueError(f"unknown x0 loss {kind!r}; expected mse or cosine")
 
 
+def history_mean(history: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``[B, L, d]``: at each position ``j``, the mean of the item vectors of the history's real items
+    (``history > 0``) up to and including ``j`` (zeros before the first). Column ``-1`` is the whole
+    history's mean ``h_bar``; the other columns are the prefixes' means (``seq2seq`` batches)."""
+    real = (history > 0).unsqueeze(-1).to(vectors.dtype)
+    sums = (vectors * real).cumsum(dim=1)
+    return sums / real.cumsum(dim=1).clamp_min(1.0)
+
+
 def mixture_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """``log (1/K) sum_k softmax(logits[k])`` [B, N] from ``logits`` [K, B, N]: the log-probabilities
     of an equal-weight mixture of K softmaxes."""
@@ -236,7 +260,7 @@ class DreamRec(SequentialRecommender):
         self.null_condition = nn.Parameter(torch.randn(d))  # the dummy token ∅, N(0, 1) as the authors
         self.denoiser = MLPDenoiser(
             d, config.denoiser, self_condition=config.self_condition, residual=config.denoiser_residual,
-            dropout=config.denoiser_dropout,
+            dropout=config.denoiser_dropout, condition_width=2 * d if config.denoiser_history else d,
         )
         self.scheduler = DiffusionScheduler(
             num_train_timesteps=config.timesteps,
@@ -248,8 +272,13 @@ class DreamRec(SequentialRecommender):
             beta_max=config.beta_max,
         )
         self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
+        if not config.tie_items:  # the x0 targets and retrieval keys: a second table, initialised alike
+            self.target_embedding = nn.Embedding(n_items + 1, d, padding_idx=0)
+            with torch.no_grad():
+                nn.init.normal_(self.target_embedding.weight, std=config.item_init_std)
+                self.target_embedding.weight[0].zero_()
         if config.freeze_items:
-            self.encoder.item_embedding.weight.requires_grad_(False)
+            self.item_embedding.weight.requires_grad_(False)
         if config.fixed_draws:  # x_T^1..x_T^K ~ N(0, I), drawn once (torch's global RNG: seed it to reproduce)
             self.register_buffer("fixed_noise", torch.randn(config.draws, d))
 
@@ -266,14 +295,33 @@ class DreamRec(SequentialRecommender):
 
     @property
     def item_embedding(self) -> nn.Embedding:
-        """The item table: the diffusion targets ``x_0``, the encoder's inputs and the retrieval keys."""
-        return self.encoder.item_embedding
+        """The item table of the diffusion targets ``x_0`` and the retrieval keys; with ``tie_items``
+        (the paper) also the encoder's input table."""
+        return self.encoder.item_embedding if self.config.tie_items else self.target_embedding
 
     def guidance(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """``c_{n-1} = T-enc(e_{1:n-1})`` [B, d] (Eq. 10; a learned vector for an empty history).
-        ``item_vectors``: the history's rows of the item table, if already looked up. Histories
+        ``item_vectors``: the history's rows of the encoder's input table, if already looked up. Histories
         wider than ``max_len`` keep their most recent columns (the encoder cuts both)."""
         return self.encoder.last_hidden(history, item_vectors)
+
+    def condition(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's condition for each history: the guidance ``c`` [B, d], or with
+        ``denoiser_history`` ``[c; h_bar]`` [B, 2d] (:func:`history_mean`)."""
+        history = history[:, -self.max_len :]
+        if item_vectors is None and self.config.denoiser_history:
+            item_vectors = self.encoder.item_embedding(history)
+        c = self.guidance(history, item_vectors)
+        if not self.config.denoiser_history:
+            return c
+        assert item_vectors is not None
+        return torch.cat([c, history_mean(history, item_vectors)[:, -1]], dim=-1)
+
+    def null(self) -> torch.Tensor:
+        """The null condition ``∅`` of classifier-free guidance, as wide as :meth:`condition`."""
+        if not self.config.denoiser_history:
+            return self.null_condition
+        return torch.cat([self.null_condition, torch.zeros_like(self.null_condition)])
 
     # -- training (Algorithm 1) ---------------------------------------------------------------
     def _guidance_and_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -288,11 +336,17 @@ class DreamRec(SequentialRecommender):
         labelled, target = None, batch.target
         if batch.labels is not None:  # the window's labelled positions, as SASRec's loss takes them
             labelled, target = labelled_positions(replace(batch, labels=batch.labels[:, -L:]))
-        # one lookup for the history and the targets e_n^0: a single dense gradient of the table
-        rows = self.item_embedding(torch.cat([history.reshape(-1), target]))
-        x0 = rows[B * L :]  # e_n^0, gradients flow into the table
-        vectors = rows[: B * L].view(B, L, -1)
-        c = self.guidance(history, vectors) if labelled is None else self.encoder(history, vectors)[labelled]
+        if self.config.tie_items:  # one lookup for the history and the targets e_n^0: one dense gradient
+            rows = self.item_embedding(torch.cat([history.reshape(-1), target]))
+            x0 = rows[B * L :]  # e_n^0, gradients flow into the table
+            vectors = rows[: B * L].view(B, L, -1)
+        else:
+            x0, vectors = self.item_embedding(target), self.encoder.item_embedding(history)
+        if labelled is None:
+            return self.condition(history, vectors), x0, target
+        c = self.encoder(history, vectors)[labelled]
+        if self.config.denoiser_history:  # each labelled position's prefix mean
+            c = torch.cat([c, history_mean(history, vectors)[labelled]], dim=-1)
         return c, x0, target
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -302,7 +356,7 @@ class DreamRec(SequentialRecommender):
         B = target.shape[0]
         if not cfg.target_grad:
             x0 = x0.detach()
-        c = drop_condition(c, self.null_condition, cfg.p_uncond)
+        c = drop_condition(c, self.null(), cfg.p_uncond)
         if K > 1:  # K noise draws per row, draw-major: row k * B + b is draw k of row b
             x0, c = x0.repeat(K, 1), c.repeat(K, 1)
         if cfg.train_timesteps == "last":
@@ -349,7 +403,7 @@ class DreamRec(SequentialRecommender):
         with ``draws = K > 1``, K independent draws per history [K * B, d], draw-major. With
         ``fixed_draws`` the reverse process starts from the fixed ``x_T^k`` (``draws`` must be the
         config's K, or 1 for ``x_T^1`` alone)."""
-        c = self.guidance(history)
+        c = self.condition(history)
         B = c.shape[0]
         x_T = None
         if self.config.fixed_draws:
@@ -358,7 +412,7 @@ class DreamRec(SequentialRecommender):
             x_T = self._fixed_noise_rows(draws, B, c.dtype)
         if draws > 1:
             c = c.repeat(draws, 1)
-        model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
+        model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null(), self.config.guidance_w)
         # the condition's share of the first layer is the same at every step: compute it once
         c_proj = self.denoiser.project_condition(model_fn.condition)
         fixed: dict[str, torch.Tensor | float] = {"c_proj": c_proj}
@@ -368,7 +422,8 @@ class DreamRec(SequentialRecommender):
             model_fn.denoiser = SelfConditioned(self.denoiser, **fixed)
         else:
             model_fn.denoiser = partial(self.denoiser, **fixed)
-        return sample(model_fn, self.scheduler, tuple(c.shape), device=c.device, dtype=c.dtype, x_T=x_T)
+        shape = (c.shape[0], self.config.hidden)  # x_t is one item embedding, whatever the condition's width
+        return sample(model_fn, self.scheduler, shape, device=c.device, dtype=c.dtype, x_T=x_T)
 
     def set_sampler(
         self,

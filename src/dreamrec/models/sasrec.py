@@ -10,6 +10,9 @@ Training (``batch_mode = "seq2seq"``) puts a label at every position of a window
 * ``loss = "bce"``: the paper's binary cross-entropy (SASRec Eq. 7),
   ``-[log sigma(r_{o_t,t}) + mean_j log(1 - sigma(r_{j,t}))]`` with ``n_negatives`` items drawn
   uniformly from the other real items per labelled position (1:1 as in DreamRec's baselines).
+
+``tie_items = False`` scores with a second table ``N`` (SASRec Eq. 6 as written, ``r_{i,t} = F_t . N_i``)
+instead of the input table ``M``; the paper's model ties them (``N = M``).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ class SASRecConfig(ModelConfig):
     n_negatives: int = Field(1, ge=1, description="negatives per positive for loss=bce")
     init_std: float = Field(0.02, gt=0)
     trim_padding: TrimPadding = Field("auto", description=TRIM_PADDING_HELP)
+    tie_items: bool = Field(True, description="False: the scores use a second item table, not the input table")
 
 
 def labelled_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +146,16 @@ class SASRec(SequentialRecommender):
         assert isinstance(config, SASRecConfig)
         super().__init__(n_items, max_len, config)
         self.encoder = sasrec_encoder(n_items, max_len, config)
+        if not config.tie_items:  # N: the output table, initialised as the encoder's tables
+            self.out_embedding = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)
+            with torch.no_grad():
+                nn.init.normal_(self.out_embedding.weight, std=config.init_std)
+                self.out_embedding.weight[0].zero_()
 
     @property
     def item_embedding(self) -> nn.Embedding:
-        """The item table, shared by the encoder's input and the output scores (tied)."""
-        return self.encoder.item_embedding
+        """The table of the output scores: the encoder's input table (tied, the default) or ``N``."""
+        return self.encoder.item_embedding if self.config.tie_items else self.out_embedding
 
     def loss(self, batch: Batch) -> torch.Tensor:
         hidden = self.encoder(batch.history)  # [B, L, d]

@@ -11,6 +11,10 @@ With ``self_condition`` (Chen et al., 2023, "Analog Bits", Sec. 3.2) the input a
 network's own previous estimate of ``x_0``: ``[x_t; c; tau(t); x0_sc]`` (``4d`` wide), zeros when there
 is none; :class:`SelfConditioned` feeds it at sampling time.
 
+The condition may be wider than ``d`` (``condition_width``): DreamRec's ``denoiser_history`` passes
+``[c; h_bar]``, the guidance and the mean of the history's item embeddings (``2d``). The first layer then
+reads ``[x_t; c; h_bar; tau(t)]``; only the first ``d`` entries, ``c``, take part in the residual below.
+
 With ``residual`` the network predicts a correction to the guidance, ``f = c + MLP([x_t; c; tau(t)])``,
 its output layer initialised at zero, so that training starts from ``f = c`` (the guidance itself as
 the x0 estimate, which is what a SASRec-style model scores with) instead of a random projection.
@@ -70,11 +74,11 @@ class TimeEmbedding(nn.Module):
 class MLPDenoiser(nn.Module):
     """DreamRec's x0-predictor ``f(x_t, c, t) = MLP([x_t; c; tau(t)])`` (see module docstring).
 
-    ``forward(x_t [B, d], t [B] or [1], c [B, d]) -> [B, d]``; a ``[1]`` step is broadcast to all rows.
+    ``forward(x_t [B, d], t [B] or [1], c [B, condition_width]) -> [B, d]``; a ``[1]`` step is broadcast to all rows.
     """
 
     def __init__(self, hidden: int, kind: DenoiserType = "mlp1", self_condition: bool = False, residual: bool = False,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, condition_width: int | None = None):
         super().__init__()
         if kind not in ("mlp1", "mlp2"):
             raise ValueError(f"unknown denoiser {kind!r}; expected mlp1 or mlp2")
@@ -82,11 +86,16 @@ class MLPDenoiser(nn.Module):
             raise ValueError(f"denoiser dropout {dropout} needs the mlp2 denoiser (mlp1 has no hidden layer)")
         self.dropout = nn.Dropout(dropout)
         self.hidden = hidden
+        self.condition_width = hidden if condition_width is None else condition_width
+        if self.condition_width < hidden:
+            raise ValueError(f"condition_width ({self.condition_width}) must be at least hidden ({hidden}): "
+                             "the condition starts with the guidance c")
         self.kind = kind
         self.self_condition = self_condition
         self.time_embedding = TimeEmbedding(hidden)
         width = hidden if kind == "mlp1" else 2 * hidden
-        self.fc_in = nn.Linear((4 if self_condition else 3) * hidden, width)  # over [x_t; c; tau(t) (; x0_sc)]
+        extra = self.condition_width - hidden
+        self.fc_in = nn.Linear((4 if self_condition else 3) * hidden + extra, width)  # [x_t; cond; tau(t) (; x0_sc)]
         self.fc_out = nn.Linear(2 * hidden, hidden) if kind == "mlp2" else None
         self.residual = residual
         if residual:  # start at f = c: the correction's output layer is zero
@@ -98,7 +107,7 @@ class MLPDenoiser(nn.Module):
         """``W_c c``, the condition's part of the first layer: a sampler computes it once per call
         and passes it to every step as ``c_proj`` (the condition does not change between steps)."""
         d = self.hidden
-        return F.linear(c, self.fc_in.weight[:, d : 2 * d])
+        return F.linear(c, self.fc_in.weight[:, d : d + self.condition_width])
 
     def forward(
         self,
@@ -112,23 +121,23 @@ class MLPDenoiser(nn.Module):
         """``c_proj`` = :meth:`project_condition` of ``c`` when precomputed (the output is identical);
         ``x0_sc`` [B, d] the self-conditioning estimate (None = zeros; only with ``self_condition``);
         ``correction_scale`` s (``residual`` only): return ``c + s MLP(...)``."""
-        d = self.hidden
+        d, e = self.hidden, self.hidden + self.condition_width  # x_t = W[:, :d], cond = W[:, d:e]
         W, b = self.fc_in.weight, self.fc_in.bias
         tau = self.time_embedding(t.reshape(-1))  # [B, d] or [1, d]
         if c_proj is None:
             c_proj = self.project_condition(c)
         # W [x_t; c; tau] + b == W_x x_t + W_c c + (W_t tau + b)
-        h = F.linear(x_t, W[:, :d]) + c_proj + F.linear(tau, W[:, 2 * d : 3 * d], b)
+        h = F.linear(x_t, W[:, :d]) + c_proj + F.linear(tau, W[:, e : e + d], b)
         if x0_sc is not None:
             if not self.self_condition:
                 raise ValueError("x0_sc given to a denoiser built without self_condition")
-            h = h + F.linear(x0_sc, W[:, 3 * d :])  # a zero x0_sc adds nothing: None is the zeros
+            h = h + F.linear(x0_sc, W[:, e + d :])  # a zero x0_sc adds nothing: None is the zeros
         out = h if self.fc_out is None else self.fc_out(self.dropout(F.gelu(h)))
         if not self.residual:
             if correction_scale != 1.0:
                 raise ValueError(f"correction_scale {correction_scale} needs a residual denoiser")
             return out
-        return c + correction_scale * out  # s = 1: c + out exactly
+        return c[..., :d] + correction_scale * out  # s = 1: c + out exactly
 
 
 class SelfConditioned:
