@@ -682,6 +682,29 @@ def test_denoiser_history_reads_the_history_mean_and_drops_it_with_the_condition
         MLPDenoiser(8, "mlp2", condition_width=4)
 
 
+@pytest.mark.parametrize("params", [
+    {"denoiser": "mlp1", "denoiser_history": True, "sampler": "ddim", "sampler_steps": 4, "guidance_w": 2.0},
+    {"denoiser": "mlp2", "denoiser_history": True, "self_condition": True, "sampler": "ddim", "sampler_steps": 3},
+    {"denoiser": "mlp2", "denoiser_history": True, "tie_items": False, "draws": 2, "ce_weight": 1.0},
+    {"denoiser": "mlp2", "tie_items": False, "freeze_items": True, "sampler": "onestep"},
+])
+def test_history_and_untied_options_combine_with_the_others(params: dict) -> None:
+    """Every combination trains (finite loss, gradients) and scores all items (finite, deterministic
+    under a seed), with empty, short and full histories."""
+    model = build_model("dreamrec", 30, 8, {**SMALL, "p_uncond": 0.3, **params})
+    h, y = histories(), torch.tensor([3, 4, 5, 6, 7, 8])
+    loss = model.loss(Batch(h, y))
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    torch.manual_seed(0)
+    scores = model.score(h)
+    torch.manual_seed(0)
+    assert scores.shape == (6, 30) and torch.isfinite(scores).all() and torch.equal(model.score(h), scores)
+    if params.get("freeze_items"):  # the frozen table is the target table; the encoder's input table learns
+        assert model.item_embedding.weight.grad is None and model.encoder.item_embedding.weight.grad is not None
+
+
 def test_untied_dreamrec_targets_and_keys_are_a_second_table() -> None:
     """tie_items=false: the x0 targets, the CE logits and the retrieval keys come from the target
     table; the encoder reads its own input table (by hand for the one-step CE loss)."""

@@ -70,7 +70,8 @@ class TrainConfig(_Strict):
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward pass and loss under bfloat16 autocast (weights, optimiser "
-        "and evaluation stay float32); mainly for GPUs"
+        "and evaluation stay float32); for GPUs: on a CPU without bfloat16 instructions it is several times slower "
+        "than fp32"
     )
     compile: bool = Field(
         False, description="compile the training loss with torch.compile (fewer, fused kernels: for GPU jobs bound "

@@ -127,7 +127,7 @@ class DreamRecConfig(ModelConfig):
     denoiser_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the mlp2 denoiser's hidden layer")
     denoiser_history: bool = Field(
         False, description="the denoiser's condition is [c; h_bar], the guidance and the mean of the history's "
-        "item embeddings (the null condition is [∅; 0])"
+        "item embeddings as the encoder reads them (the null condition is [∅; 0])"
     )
     correction_scale: float = Field(
         1.0, ge=0, description="inference only, with denoiser_residual: every denoiser call during generation "
@@ -161,7 +161,7 @@ class DreamRecConfig(ModelConfig):
     freeze_items: bool = Field(False, description="keep the item table at its random init (a control)")
     tie_items: bool = Field(
         True, description="True: one item table is the encoder's input, the x0 targets and the retrieval keys (the "
-        "paper); False: the encoder has its own input table"
+        "paper); False: the encoder has its own input table (freeze_items then freezes the target table only)"
     )
     self_condition: bool = Field(
         False, description="self-conditioning (Chen et al., 2023): the denoiser also takes its own previous "
