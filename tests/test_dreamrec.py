@@ -758,6 +758,16 @@ def test_denoiser_dropout_acts_in_training_only_and_needs_mlp2() -> None:
         build_model("dreamrec", 30, 8, {**SMALL, "denoiser_dropout": 0.2})
 
 
+def test_denoiser_width_sets_the_mlp2_hidden_layer() -> None:
+    model = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": "mlp2", "denoiser_width": 40})
+    assert model.denoiser.fc_in.out_features == 40 and model.denoiser.fc_out.in_features == 40
+    assert model.score(histories()).shape == (6, 30)
+    default = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": "mlp2"})
+    assert default.denoiser.fc_in.out_features == 2 * SMALL["hidden"]
+    with pytest.raises(Exception, match="denoiser_width needs denoiser mlp2"):
+        build_model("dreamrec", 30, 8, {**SMALL, "denoiser_width": 40})
+
+
 @pytest.mark.parametrize("params", [{"ce_weight": 1.0, "x0_weight": 0.0}, {"ce_weight": 0.5, "p_uncond": 0.3},
                                     {"ce_weight": 1.0, "draws": 3, "denoiser": "mlp2", "denoiser_residual": True},
                                     {"ce_weight": 1.0, "p_uncond": 0.3, "denoiser": "mlp2", "denoiser_residual": True,

@@ -42,7 +42,8 @@ Options beyond the paper (defaults keep the paper's method; see experiments/drea
 * ``n_layers``: encoder depth (the paper: 1).
 * ``denoiser_residual``: ``f(x_t, c, t) = c + MLP([x_t; c; tau(t)])``, the MLP's output layer
   initialised at zero (training starts from ``f = c``).
-* ``denoiser_dropout``: dropout on the ``mlp2`` denoiser's hidden layer (training only).
+* ``denoiser_dropout``: dropout on the ``mlp2`` denoiser's hidden layer (training only);
+  ``denoiser_width``: that layer's width (default ``2d``).
 * ``denoiser_history``: the denoiser's condition is ``[c; h_bar]``, the guidance and the mean
   ``h_bar = (1/n) sum_j e_j`` of the history's item embeddings, so the correction
   ``f = c + MLP([x_t; c; h_bar; tau(t)])`` sees the history's items directly, not only through the
@@ -125,6 +126,7 @@ class DreamRecConfig(ModelConfig):
         "training starts from the guidance itself as the x0 estimate"
     )
     denoiser_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the mlp2 denoiser's hidden layer")
+    denoiser_width: int | None = Field(None, ge=1, description="the mlp2 denoiser's hidden width (default 2 * hidden)")
     denoiser_history: bool = Field(
         False, description="the denoiser's condition is [c; h_bar], the guidance and the mean of the history's "
         "item embeddings as the encoder reads them (the null condition is [∅; 0])"
@@ -195,6 +197,8 @@ class DreamRecConfig(ModelConfig):
             raise ValueError("x0_weight and ce_weight are both 0: the model would have no loss")
         if self.correction_scale != 1.0 and not self.denoiser_residual:
             raise ValueError(f"correction_scale {self.correction_scale} needs denoiser_residual: it scales f - c")
+        if self.denoiser_width is not None and self.denoiser != "mlp2":
+            raise ValueError(f"denoiser_width needs denoiser mlp2 (got {self.denoiser}: no hidden layer)")
         if self.denoiser_dropout > 0 and self.denoiser != "mlp2":
             raise ValueError(f"denoiser_dropout needs denoiser mlp2 (got {self.denoiser}: no hidden layer)")
         if self.draws > 1 and self.ce_weight == 0:
@@ -261,6 +265,7 @@ class DreamRec(SequentialRecommender):
         self.denoiser = MLPDenoiser(
             d, config.denoiser, self_condition=config.self_condition, residual=config.denoiser_residual,
             dropout=config.denoiser_dropout, condition_width=2 * d if config.denoiser_history else d,
+            mlp_width=config.denoiser_width,
         )
         self.scheduler = DiffusionScheduler(
             num_train_timesteps=config.timesteps,

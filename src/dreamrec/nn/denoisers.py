@@ -5,7 +5,8 @@ MLP over the concatenation ``[x_t, c, tau(t)]`` of the noisy item ``x_t``, the g
 embedding ``tau(t)`` of the diffusion step:
 
 * ``mlp1``: one linear layer ``W [x_t; c; tau(t)] + b`` (``3d -> d``);
-* ``mlp2``: ``W_2 GELU(W_1 [x_t; c; tau(t)] + b_1) + b_2`` (``3d -> 2d -> d``).
+* ``mlp2``: ``W_2 GELU(W_1 [x_t; c; tau(t)] + b_1) + b_2`` (``3d -> 2d -> d``; the hidden width ``2d`` is
+  the authors', ``mlp_width`` changes it).
 
 With ``self_condition`` (Chen et al., 2023, "Analog Bits", Sec. 3.2) the input also carries the
 network's own previous estimate of ``x_0``: ``[x_t; c; tau(t); x0_sc]`` (``4d`` wide), zeros when there
@@ -78,7 +79,7 @@ class MLPDenoiser(nn.Module):
     """
 
     def __init__(self, hidden: int, kind: DenoiserType = "mlp1", self_condition: bool = False, residual: bool = False,
-                 dropout: float = 0.0, condition_width: int | None = None):
+                 dropout: float = 0.0, condition_width: int | None = None, mlp_width: int | None = None):
         super().__init__()
         if kind not in ("mlp1", "mlp2"):
             raise ValueError(f"unknown denoiser {kind!r}; expected mlp1 or mlp2")
@@ -93,10 +94,12 @@ class MLPDenoiser(nn.Module):
         self.kind = kind
         self.self_condition = self_condition
         self.time_embedding = TimeEmbedding(hidden)
-        width = hidden if kind == "mlp1" else 2 * hidden
+        if mlp_width is not None and kind != "mlp2":
+            raise ValueError(f"mlp_width {mlp_width} needs the mlp2 denoiser (mlp1 has no hidden layer)")
+        width = hidden if kind == "mlp1" else (2 * hidden if mlp_width is None else mlp_width)
         extra = self.condition_width - hidden
         self.fc_in = nn.Linear((4 if self_condition else 3) * hidden + extra, width)  # [x_t; cond; tau(t) (; x0_sc)]
-        self.fc_out = nn.Linear(2 * hidden, hidden) if kind == "mlp2" else None
+        self.fc_out = nn.Linear(width, hidden) if kind == "mlp2" else None
         self.residual = residual
         if residual:  # start at f = c: the correction's output layer is zero
             last = self.fc_out if self.fc_out is not None else self.fc_in
