@@ -48,6 +48,7 @@ from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_samp
 from dreamrec.models.sasrec import softmax_cross_entropy
 from dreamrec.nn.approximators import DiffuRecApproximator
 from dreamrec.nn.dropout import Dropout
+from dreamrec.nn.encoders import item_table
 
 
 class DiffuRecConfig(ModelConfig):
@@ -89,10 +90,7 @@ class DiffuRec(SequentialRecommender):
         assert isinstance(config, DiffuRecConfig)
         super().__init__(n_items, max_len, config)
         d = config.hidden
-        self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=0)
-        with torch.no_grad():
-            nn.init.normal_(self.item_embedding.weight, std=config.item_init_std)
-            self.item_embedding.weight[0].zero_()
+        self.item_embedding = item_table(n_items, d, config.item_init_std)
         self.position_embedding = nn.Embedding(max_len, d) if config.position_embedding else None
         self.emb_dropout = Dropout(config.emb_dropout)
         self.emb_norm = nn.LayerNorm(d)

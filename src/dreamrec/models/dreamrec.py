@@ -97,7 +97,7 @@ from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.models.sasrec import labelled_positions
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser, SelfConditioned
-from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding
+from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding, item_table
 
 
 DEFAULT_STEPS = 10  # the default number of DDIM steps
@@ -278,10 +278,7 @@ class DreamRec(SequentialRecommender):
         )
         self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
         if not config.tie_items:  # the x0 targets and retrieval keys: a second table, initialised alike
-            self.target_embedding = nn.Embedding(n_items + 1, d, padding_idx=0)
-            with torch.no_grad():
-                nn.init.normal_(self.target_embedding.weight, std=config.item_init_std)
-                self.target_embedding.weight[0].zero_()
+            self.target_embedding = item_table(n_items, d, config.item_init_std)
         if config.freeze_items:
             self.item_embedding.weight.requires_grad_(False)
         if config.fixed_draws:  # x_T^1..x_T^K ~ N(0, I), drawn once (torch's global RNG: seed it to reproduce)

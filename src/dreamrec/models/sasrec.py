@@ -25,7 +25,7 @@ from torch import nn
 
 from dreamrec.data.batching import Batch
 from dreamrec.models.base import ModelConfig, SequentialRecommender
-from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding
+from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding, item_table
 
 
 class SASRecConfig(ModelConfig):
@@ -147,10 +147,7 @@ class SASRec(SequentialRecommender):
         super().__init__(n_items, max_len, config)
         self.encoder = sasrec_encoder(n_items, max_len, config)
         if not config.tie_items:  # N: the output table, initialised as the encoder's tables
-            self.out_embedding = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)
-            with torch.no_grad():
-                nn.init.normal_(self.out_embedding.weight, std=config.init_std)
-                self.out_embedding.weight[0].zero_()
+            self.out_embedding = item_table(n_items, config.hidden, config.init_std)
 
     @property
     def item_embedding(self) -> nn.Embedding:

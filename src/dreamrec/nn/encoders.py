@@ -26,6 +26,16 @@ from torch import nn
 from dreamrec.nn.dropout import Dropout
 
 
+def item_table(n_items: int, dim: int, std: float) -> nn.Embedding:
+    """An item table ``[n_items + 1, dim]``: rows 1..n_items ~ N(0, std^2), row 0 (padding) zero and
+    without gradient (``padding_idx=0``)."""
+    table = nn.Embedding(n_items + 1, dim, padding_idx=0)
+    with torch.no_grad():
+        nn.init.normal_(table.weight, std=std)
+        table.weight[0].zero_()
+    return table
+
+
 def valid_mask(history: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` bool, True at real items (non-padding)."""
     return history > 0
@@ -392,12 +402,7 @@ class GRUEncoder(nn.Module):
     ):
         super().__init__()
         self.n_items = n_items
-        if item_embedding is None:
-            item_embedding = nn.Embedding(n_items + 1, embedding, padding_idx=0)
-            nn.init.normal_(item_embedding.weight, std=init_std)
-            with torch.no_grad():
-                item_embedding.weight[0].zero_()
-        self.item_embedding = item_embedding
+        self.item_embedding = item_table(n_items, embedding, init_std) if item_embedding is None else item_embedding
         self.emb_dropout = Dropout(dropout)
         self.gru = nn.GRU(
             embedding, hidden, num_layers=n_layers, batch_first=True, dropout=dropout if n_layers > 1 else 0.0
