@@ -193,6 +193,28 @@ def curves_section(results: Path = RESULTS) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def segments_section(results: Path = RESULTS) -> str:
+    """One block per ``segments/*.json`` (benchmarks/compare_segments.py): the plot and the tables."""
+    from compare_segments import markdown
+
+    lines: list[str] = []
+    for path in sorted((results / "segments").glob("*.json")):
+        rec = json.loads(path.read_text())
+        (la, ra), (lb, rb) = rec["runs"].items()
+        lines += [f"## {rec['name']}: HR@{rec['k']} by how often the target occurs in training", "",
+                  f"![HR@{rec['k']} by target frequency](results/segments/{path.stem}.png)", "",
+                  f"`{la}` ({len(ra)} runs) against `{lb}` ({len(rb)} runs), every row of each split evaluated as "
+                  f"training evaluated it, grouped by the target's number of occurrences in the training data "
+                  f"(0: never seen in training). Percent, mean ± std over the runs; the difference is "
+                  f"`{la}` - `{lb}` with Welch's p; a bucket's contribution is its share of the rows times the "
+                  f"difference, and the contributions add up to the difference on all rows.", "",
+                  markdown(rec),
+                  f"Data: `results/segments/{path.name}`; command: `{rec['command']}` ({rec['date']}, {rec['machine']}).",
+                  ""]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 if __name__ == "__main__":
-    write_tables(RESULTS, ROOT / "README.md", HEADER + dreamrec_section() + idreamrec_section() + curves_section())
+    write_tables(RESULTS, ROOT / "README.md",
+                 HEADER + dreamrec_section() + idreamrec_section() + curves_section() + segments_section())
     print(f"wrote {ROOT / 'README.md'}")

@@ -40,6 +40,32 @@ def test_evaluate_json(trained):
     assert r2.exit_code == 0 and json.loads(r2.stdout.strip().splitlines()[-1])["split"] == "val"
 
 
+def test_evaluate_by_frequency(trained):
+    """--by-frequency: the buckets partition the rows, their share-weighted metrics give the overall ones,
+    and the counts are the training data's; bad edges fail clearly."""
+    import numpy as np
+
+    from dreamrec.data.dataset import PreparedDataset
+
+    tmp, _ = trained
+    r = invoke("evaluate", tmp / "run", "--json", "--by-frequency", "--frequency-edges", "0,1,3")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    segs = m["by_frequency"]
+    assert [s["segment"] for s in segs] == ["0", "1-2", "3+"]
+    ds = PreparedDataset.load(tmp / "data")
+    c = ds.train_item_counts()[ds.test.target]
+    assert [s["n"] for s in segs] == [int((c == 0).sum()), int(((c >= 1) & (c <= 2)).sum()), int((c >= 3).sum())]
+    assert sum(s["share"] * s["metrics"]["HR@20"] for s in segs if s["n"]) == pytest.approx(m["HR@20"])
+    plain = json.loads(invoke("evaluate", tmp / "run", "--json").stdout.strip().splitlines()[-1])
+    assert plain["HR@20"] == m["HR@20"] and "by_frequency" not in plain
+    text = invoke("evaluate", tmp / "run", "--by-frequency")
+    assert text.exit_code == 0 and "training occurrences" in text.output and np.isfinite(m["NDCG@20"])
+    for bad, msg in (("1,5", "start at 0"), ("0,a", "comma-separated integers")):
+        r = invoke("evaluate", tmp / "run", "--by-frequency", "--frequency-edges", bad)
+        assert r.exit_code != 0 and msg in r.output
+
+
 def test_recommend_single_and_batch(trained):
     tmp, log = trained
     known = log["iid"].unique().tolist()

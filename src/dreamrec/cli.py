@@ -150,13 +150,24 @@ def evaluate(
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
     guidance_w: Optional[float] = GUIDANCE_W_OPTION,
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
+    by_frequency: bool = typer.Option(False, help="Also report the metrics by bucket of the target's number of occurrences in the training data (bucket 0: items never seen in training)."),
+    frequency_edges: str = typer.Option("0,1,6,21,51,101", help="Lower edges of those buckets, comma-separated, starting at 0."),
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
     from dreamrec.data.dataset import PreparedDataset
-    from dreamrec.eval.evaluate import evaluate as run_eval
+    from dreamrec.eval.evaluate import rank_targets
+    from dreamrec.eval.metrics import metrics_from_ranks
+    from dreamrec.eval.segments import bucket_labels, frequency_buckets, metrics_by_segment
     from dreamrec.train.run import load_run
 
     try:
+        edges: list[int] = []
+        if by_frequency:
+            try:
+                edges = [int(e) for e in frequency_edges.split(",") if e.strip()]
+            except ValueError:
+                raise DreamrecError(f"--frequency-edges must be comma-separated integers, got {frequency_edges!r}") from None
+            labels = bucket_labels(edges)
         run = load_run(run_dir, sampler=sampler, steps=steps,
                        sampler_options=_sampler_options(guidance_w, correction_scale))
         data_dir = data or run.info.get("data_dir")
@@ -165,17 +176,27 @@ def evaluate(
         ds = PreparedDataset.load(data_dir)
         if ds.n_items != run.model.n_items or ds.item_ids.tolist() != run.item_ids.tolist():
             raise DreamrecError(f"{data_dir}: its item catalog differs from the one {run_dir} was trained on")
-        m = run_eval(run.model, ds.split(split.value), batch_size=batch_size or run.config.train.eval_batch_size,
-                     exclude_seen=exclude_seen, seed=run.config.train.seed)
+        rows = ds.split(split.value)
+        ranks = rank_targets(run.model, rows, batch_size=batch_size or run.config.train.eval_batch_size,
+                             exclude_seen=exclude_seen, seed=run.config.train.seed)
+        m = metrics_from_ranks(ranks)
+        segments = (metrics_by_segment(ranks, frequency_buckets(ds.train_item_counts(), rows.target, edges), labels)
+                    if by_frequency else None)
     except (DreamrecError, ValueError) as e:
         _fail(e)
     if json_out:
-        typer.echo(json.dumps({"split": split.value, **m}))
-    else:
-        ks = sorted({int(k.split("@")[1]) for k in m if "@" in k})
-        typer.echo(f"{split.value}: n={m['n']}")
-        for k in ks:
-            typer.echo(f"  @{k:<3} HR {m[f'HR@{k}']:.4f}  NDCG {m[f'NDCG@{k}']:.4f}  MRR {m[f'MRR@{k}']:.4f}")
+        typer.echo(json.dumps({"split": split.value, **m, **({"by_frequency": segments} if segments else {})}))
+        return
+    ks = sorted({int(k.split("@")[1]) for k in m if "@" in k})
+    typer.echo(f"{split.value}: n={m['n']}")
+    for k in ks:
+        typer.echo(f"  @{k:<3} HR {m[f'HR@{k}']:.4f}  NDCG {m[f'NDCG@{k}']:.4f}  MRR {m[f'MRR@{k}']:.4f}")
+    if segments:
+        typer.echo("by the target's number of training occurrences:")
+        for seg in segments:
+            sm = seg["metrics"]
+            cells = "  ".join(f"HR@{k} {sm[f'HR@{k}']:.4f}" for k in ks) if seg["n"] else "no rows"
+            typer.echo(f"  {seg['segment']:>8}  n={seg['n']:<7} ({100 * seg['share']:5.1f} %)  {cells}")
 
 
 def _parse_history(text: str) -> list[Any]:
