@@ -1,6 +1,7 @@
 """Two groups of finished runs (e.g. the seeds of two models) compared bucket by bucket of target frequency.
 
     python benchmarks/compare_segments.py --data DATA_DIR --group LABEL RUN [RUN ...] --group LABEL RUN [RUN ...]
+        (a RUN may be a quoted glob pattern, e.g. 'runs/zhihu/sasrec/seed*')
         [--edges 0 1 6 21 51 101] [--k 20] [--splits val test] [--name NAME] [--threads 1] [--out DIR]
 
 Every run is evaluated as training evaluated it (its own seed, eval mode, full ranking over all items,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import glob
 import json
 import sys
 from pathlib import Path
@@ -135,6 +137,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def expand_runs(patterns: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Run directories from paths or glob patterns (quoted, so that the recorded command stays short)."""
+    runs: list[str] = []
+    for pat in patterns:
+        if Path(pat).is_dir():
+            runs.append(pat)
+            continue
+        found = sorted(q for q in glob.glob(pat) if Path(q).is_dir()) if glob.has_magic(pat) else []
+        if not found:
+            parser.error(f"not a run directory (nor a pattern matching any): {pat}")
+        runs += found
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="the prepared dataset the runs were trained on")
@@ -156,9 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     bucket_labels(args.edges)  # fail before any evaluation on bad edges
     if args.k < 1:
         p.error("--k must be >= 1")
-    missing = [r for g in args.group for r in g[1:] if not Path(r).is_dir()]
-    if missing:
-        p.error(f"not a run directory: {', '.join(missing)}")
+    args.group = [[g[0], *expand_runs(g[1:], p)] for g in args.group]
     torch.set_num_threads(args.threads)
     ds = PreparedDataset.load(args.data)
     groups = {g[0]: [run_segments(Path(r), ds, args.splits, args.edges, args.k) for r in g[1:]] for g in args.group}

@@ -29,10 +29,11 @@ def _train(tmp_path: Path, ds, seed: int) -> Path:
 def test_segments_add_up(tmp_path, small_synthetic):
     runs = [_train(tmp_path, small_synthetic.dataset, s) for s in (0, 1, 2)]
     out = tmp_path / "out"
-    main(["--data", str(tmp_path / "data"), "--group", "a", str(runs[0]), str(runs[1]), "--group", "b", str(runs[2]),
+    main(["--data", str(tmp_path / "data"), "--group", "a", str(tmp_path / "sasrec" / "seed[01]"), "--group", "b", str(runs[2]),
           "--edges", "0", "1", "20", "--name", "t", "--out", str(out)])
     result = json.loads((out / "t.json").read_text())
     assert (out / "t.png").stat().st_size > 0
+    assert result["runs"]["a"] == [str(runs[0]), str(runs[1])]  # the pattern, expanded
     for split in ("val", "test"):
         own = json.loads((runs[0] / "metrics.json").read_text())[split]
         rows = {r["segment"]: r for r in result["per_run"]["a"][0][split]}
@@ -55,6 +56,7 @@ def test_bad_input_is_named(tmp_path, small_synthetic, capsys):
     for args, msg in ((["--group", "a", run], "exactly two"),
                       (["--group", "a", run, "--group", "a", run], "different labels"),
                       (["--group", "a", run, "--group", "b", str(tmp_path / "nope")], "not a run directory"),
+                      (["--group", "a", run, "--group", "b", str(tmp_path / "nope*")], "not a run directory"),
                       (["--group", "a", run, "--group", "b", run, "--k", "0"], "--k")):
         with pytest.raises(SystemExit):
             main(["--data", data, *args, "--out", str(tmp_path / "o")])
