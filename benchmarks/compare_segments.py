@@ -46,6 +46,7 @@ def run_segments(run_dir: Path, ds: PreparedDataset, splits: list[str], edges: l
     """``{"run", "seed", split: [{"segment", "n", "share", "metrics"}]}`` for one run: the buckets, then
     ``seen (1+)`` (every row whose target occurs in training) and ``all``."""
     run = load_run(run_dir)
+    run.check_dataset(ds, "--data")
     seed = run.config.train.seed
     counts = ds.train_item_counts()
     labels = bucket_labels(edges)

@@ -42,6 +42,7 @@ METRICS = ("HR@20", "NDCG@20")
 def sweep_run(run_dir: Path, ds: PreparedDataset, scales: list[float], exclude_seen: bool) -> dict[str, Any]:
     """``{"run", "seed", "points": [{"s", "val", "test" (, "val_excl", "test_excl")}]}`` for one run."""
     run = load_run(run_dir)
+    run.check_dataset(ds, "--data")
     model = run.model
     if not getattr(model.config, "denoiser_residual", False):
         raise SystemExit(f"{run_dir}: not a DreamRec run with denoiser_residual: true")

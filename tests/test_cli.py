@@ -66,6 +66,15 @@ def test_evaluate_by_frequency(trained):
         assert r.exit_code != 0 and msg in r.output
 
 
+def test_evaluate_on_another_catalog_fails_clearly(trained, tmp_path):
+    from dreamrec.data.synthetic import SyntheticConfig, generate
+
+    tmp, _ = trained
+    generate(SyntheticConfig(n_users=50, n_items=30, n_topics=2, seed=1)).dataset.save(tmp_path / "other")
+    r = invoke("evaluate", tmp / "run", "--data", tmp_path / "other")
+    assert r.exit_code != 0 and "item catalog differs" in r.output
+
+
 def test_recommend_single_and_batch(trained):
     tmp, log = trained
     known = log["iid"].unique().tolist()

@@ -64,3 +64,10 @@ def test_bad_input_is_named(tmp_path, small_synthetic, capsys):
     with pytest.raises(ValueError, match="bucket edges"):
         main(["--data", data, "--group", "a", run, "--group", "b", run, "--edges", "1", "5", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()  # nothing written on bad input
+    from dreamrec.data.synthetic import SyntheticConfig, generate
+    from dreamrec.errors import ArtifactError
+
+    other = tmp_path / "other"
+    generate(SyntheticConfig(n_users=50, n_items=30, n_topics=2, seed=1)).dataset.save(other)
+    with pytest.raises(ArtifactError, match="item catalog differs"):
+        main(["--data", str(other), "--group", "a", run, "--group", "b", run, "--out", str(tmp_path / "o")])

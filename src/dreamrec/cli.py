@@ -174,8 +174,7 @@ def evaluate(
         if not data_dir:
             raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
         ds = PreparedDataset.load(data_dir)
-        if ds.n_items != run.model.n_items or ds.item_ids.tolist() != run.item_ids.tolist():
-            raise DreamrecError(f"{data_dir}: its item catalog differs from the one {run_dir} was trained on")
+        run.check_dataset(ds, data_dir)
         rows = ds.split(split.value)
         ranks = rank_targets(run.model, rows, batch_size=batch_size or run.config.train.eval_batch_size,
                              exclude_seen=exclude_seen, seed=run.config.train.seed)

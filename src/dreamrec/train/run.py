@@ -150,6 +150,12 @@ class LoadedRun:
     def item_ids(self) -> pd.Series:
         return self.items["item_id"]
 
+    def check_dataset(self, dataset: PreparedDataset, name: str | Path = "the dataset") -> None:
+        """Raise :class:`ArtifactError` unless ``dataset`` has the item catalog this run was trained on
+        (the same ids in the same order), so that its rows can be scored by this model."""
+        if dataset.n_items != self.model.n_items or dataset.item_ids.tolist() != self.item_ids.tolist():
+            raise ArtifactError(f"{name}: its item catalog differs from the one {self.path} was trained on")
+
 
 def load_run(
     run_dir: str | Path,
