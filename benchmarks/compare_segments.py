@@ -130,7 +130,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 ax.text(xi, 0.96, f"{100 * c:+.3f}", transform=top, ha="center", va="top", fontsize=7, color="dimgray")
         ax.set_title(f"{split}: all rows {la} {100 * result['comparison'][split][-1][la][metric]['mean']:.2f} %, "
                      f"{lb} {100 * result['comparison'][split][-1][lb][metric]['mean']:.2f} %", fontsize=9)
-        ax.legend(fontsize=8, loc="center left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9))
     fig.suptitle(f"{result['name']}: {metric} by target frequency (grey, at the top: the bucket's contribution "
                  f"to {la} - {lb}, points)", fontsize=9)
     fig.tight_layout()
