@@ -33,7 +33,6 @@ from bench import RESULTS  # noqa: E402
 
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.evaluate import rank_targets  # noqa: E402
-from dreamrec.eval.metrics import metrics_from_ranks  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.eval.segments import DEFAULT_EDGES, bucket_labels, frequency_buckets, metrics_by_segment  # noqa: E402
 from dreamrec.train.run import load_run  # noqa: E402
@@ -55,12 +54,10 @@ def run_segments(run_dir: Path, ds: PreparedDataset, splits: list[str], edges: l
         rows = getattr(ds, split)
         ranks = rank_targets(run.model, rows, max_len=int(run.info["max_len"]), seed=seed)
         seg = frequency_buckets(counts, rows.target, edges)
-        per = metrics_by_segment(ranks, seg, labels, ks=(k,))
-        seen = counts[rows.target] > 0
-        for label, m in ((SEEN, seen), ("all", np.ones(len(ranks), dtype=bool))):
-            n = int(m.sum())
-            per.append({"segment": label, "n": n, "share": n / len(ranks) if len(ranks) else 0.0,
-                        "metrics": metrics_from_ranks(ranks[m], (k,)) if n else {}})
+        never = (counts[rows.target] == 0).astype(np.int64)  # 0: seen in training, 1: never
+        per = (metrics_by_segment(ranks, seg, labels, ks=(k,))
+               + metrics_by_segment(ranks, never, [SEEN, "never seen"], ks=(k,))[:1]
+               + metrics_by_segment(ranks, np.zeros_like(never), ["all"], ks=(k,)))
         out[split] = per
         print(f"{run_dir} {split}: " + ", ".join(f"{p['segment']} {100 * p['metrics'].get(f'HR@{k}', float('nan')):.2f}"
                                                 for p in per), flush=True)
