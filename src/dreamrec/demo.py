@@ -29,6 +29,8 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
         "item_init_std": 0.1,
         "emb_dropout": 0.1,
     },
+    # T-DiffRec: recency weights and a plain MSE learn the planted topics faster than the paper's SNR weights
+    "diffrec": {"dims": [200], "time_weights": [0.1, 1.0], "reweight": False, "dropout": 0.2},
     # T = 100 and the one-step sampler keep validation cheap; mlp2 learns faster than the paper's mlp1;
     # a stop-gradient x0 target and training at t = T (for the one-step sampler) stop the table collapsing
     "dreamrec": {

@@ -5,6 +5,7 @@ from dreamrec.diffusion.schedules import (
     cosine_beta_schedule,
     exp_beta_schedule,
     linear_beta_schedule,
+    linear_variance_betas,
     make_beta_schedule,
     sqrt_beta_schedule,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "guided_prediction",
     "inference_timesteps",
     "linear_beta_schedule",
+    "linear_variance_betas",
     "make_beta_schedule",
     "sample",
     "sqrt_beta_schedule",

@@ -22,6 +22,10 @@ Every function returns a float64 tensor of ``T`` betas; entry ``i`` (0-based) is
   the first step injects noise, ``beta`` evenly spaced in
   ``[1000/T * 1e-4 + 0.01, 1000/T * 0.02 + 0.01]`` (the end falls back to ``1000/T * 1e-3 + 0.01``
   when it would exceed 1, i.e. for very small ``T``).
+* :func:`linear_variance_betas` (not a named schedule, it has its own parameters): DiffRec's schedule
+  (Wang et al., SIGIR 2023), linear in the noise variance rather than in ``beta``:
+  ``1 - bar alpha_t = s (alpha_min + (t - 1) / (T - 1) (alpha_max - alpha_min))``, kept small so that
+  ``x_T`` still carries the user's interactions.
 """
 from __future__ import annotations
 
@@ -86,6 +90,25 @@ def trunc_linear_beta_schedule(T: int) -> torch.Tensor:
     if T == 1:
         return torch.tensor([beta_start], dtype=torch.float64)
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def linear_variance_betas(T: int, noise_scale: float, noise_min: float, noise_max: float, max_beta: float = 0.999) -> torch.Tensor:
+    """DiffRec's noise schedule: the variance ``1 - bar alpha_t = s (alpha_min + (t-1)/(T-1) (alpha_max - alpha_min))``
+    for ``t = 1..T`` (``s = noise_scale``, ``alpha_min/max = noise_min/max``), turned into betas by
+    ``beta_1 = 1 - bar alpha_1`` and ``beta_t = 1 - bar alpha_t / bar alpha_{t-1}`` (capped at ``max_beta``).
+    ``T = 1`` gives the single variance ``s alpha_min``."""
+    if T < 1:
+        raise ValueError(f"need at least one diffusion step, got T={T}")
+    if not 0 < noise_scale <= 1:
+        raise ValueError(f"noise_scale must be in (0, 1], got {noise_scale}")
+    if not 0 < noise_min < 1 or not 0 < noise_max < 1:
+        raise ValueError(f"noise_min and noise_max must be in (0, 1), got {noise_min} and {noise_max}")
+    if T > 1 and not noise_min < noise_max:
+        raise ValueError(f"noise_min ({noise_min}) must be below noise_max ({noise_max}) so that the noise grows with t")
+    variance = noise_scale * torch.linspace(noise_min, noise_max, T, dtype=torch.float64)
+    abar = 1.0 - variance
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return (1.0 - abar / abar_prev).clamp(max=max_beta)
 
 
 def make_beta_schedule(

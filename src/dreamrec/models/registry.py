@@ -7,6 +7,7 @@ from dreamrec.errors import ConfigError
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.models.caser import Caser
 from dreamrec.models.cl4srec import CL4SRec
+from dreamrec.models.diffrec import DiffRec
 from dreamrec.models.diffurec import DiffuRec
 from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.gru4rec import GRU4Rec
@@ -15,7 +16,7 @@ from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec)
 }
 
 

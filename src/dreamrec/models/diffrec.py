@@ -1,0 +1,170 @@
+"""DiffRec and T-DiffRec (Wang, Xu, Feng, Lin, He & Chua, SIGIR 2023; survey notes, Sec. 1.2).
+
+DiffRec is a *collaborative* diffusion model: it diffuses a user's whole interaction vector
+``x_0 in {0, 1}^{|I|}`` (entry ``i`` = has the user interacted with item ``i``) and scores every item
+by the reconstructed ``x0_hat``, so it overrides :meth:`score` instead of producing a query.
+
+* forward process ``q(x_t | x_0) = N(sqrt(bar alpha_t) x_0, (1 - bar alpha_t) I)`` (Eq. 3) with the
+  noise kept small (:func:`~dreamrec.diffusion.schedules.linear_variance_betas`):
+  ``1 - bar alpha_t = s (alpha_min + (t-1)/(T-1) (alpha_max - alpha_min))``, so that a noised vector
+  still carries the user's preferences;
+* ``x0_hat_theta(x_t, t)``: :class:`~dreamrec.nn.interaction.InteractionDenoiser`;
+* training (Algorithm 1): ``t ~ U{1..T}`` or importance sampling ``p_t ∝ sqrt(E[L_t^2])`` (the last 10
+  losses of each step, uniform until every step has 10; the loss is divided by ``T p_t``);
+  ``L_t = lambda_t ||x0_hat_theta(x_t, t) - x_0||^2`` (mean over items), with ``reweight`` the weight of
+  Eq. 11, ``lambda_t = (bar alpha_{t-1} / (1 - bar alpha_{t-1}) - bar alpha_t / (1 - bar alpha_t)) / 2``
+  for ``t > 1`` and ``lambda_1 = 1`` (Eq. 12's reconstruction term); otherwise ``lambda_t = 1``;
+* inference (Algorithm 2): ``x_{T'} ~ q(x_{T'} | x_0)`` from the history's vector (``T' = 0``: the vector
+  itself), then ``x_{t-1} = mu_theta(x_t, t)``, the posterior mean of Eq. 10 with ``x0_hat`` plugged in
+  (no noise), for ``t = T, ..., 1``; the scores are the final ``x_0``.
+* T-DiffRec (``time_weights = (w_min, w_max)``): the ``m``-th of a user's ``M`` interactions in time
+  order gets ``w_m = w_min + (m - 1)/(M - 1) (w_max - w_min)`` and ``x_0 <- x_0 ⊙ w`` (an item seen twice
+  keeps its most recent weight; ``M = 1`` gets ``w_max``).
+
+Adaptation to next-item prediction (the paper ranks a user's held-out interactions from the full
+training vector): a training row's vector holds its history window *and* its target, so the model
+learns to add the next item to a history; at inference the vector holds the history alone. The
+papers mask the user's known items when ranking; here, as for every model, all items are ranked
+unless the evaluation excludes the history (``dreamrec evaluate --exclude-seen``), and DiffRec,
+which reconstructs its input, needs that exclusion to be useful. L-DiffRec (item clusters
+compressed by VAEs) is not implemented.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from dreamrec.data.batching import Batch
+from dreamrec.diffusion import DiffusionScheduler
+from dreamrec.diffusion.schedules import linear_variance_betas
+from dreamrec.models.base import ModelConfig, SequentialRecommender
+from dreamrec.nn.interaction import InteractionDenoiser
+
+LOSS_HISTORY = 10  # losses kept per step for importance sampling
+
+
+class DiffRecConfig(ModelConfig):
+    dims: list[int] = Field(default_factory=lambda: [1000], min_length=1, description="hidden widths of the MLP (mirrored)")
+    time_dim: int = Field(10, ge=1, description="width of the step embedding")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout on the input interaction vector")
+    normalize: bool = Field(False, description="L2-normalise x_t before the MLP")
+    timesteps: int = Field(5, ge=1, description="T, the number of diffusion steps")
+    noise_scale: float = Field(0.1, gt=0, le=1, description="s: scales the whole variance schedule")
+    noise_min: float = Field(0.0005, gt=0, lt=1, description="alpha_min, the variance at t = 1 before scaling")
+    noise_max: float = Field(0.005, gt=0, lt=1, description="alpha_max, the variance at t = T before scaling")
+    reweight: bool = Field(True, description="weight L_t by Eq. 11 (SNR difference); False: plain MSE at every t")
+    t_sampling: Literal["uniform", "importance"] = "uniform"
+    inference_noise_steps: int = Field(0, ge=0, description="T': noise the history to step T' before denoising (0 = none)")
+    time_weights: tuple[float, float] | None = Field(
+        None, description="T-DiffRec: (w_min, w_max) in (0, 1], interaction weights rising linearly with recency"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DiffRecConfig":
+        if self.inference_noise_steps > self.timesteps:
+            raise ValueError(f"inference_noise_steps ({self.inference_noise_steps}) cannot exceed timesteps ({self.timesteps})")
+        if self.timesteps > 1 and not self.noise_min < self.noise_max:
+            raise ValueError(f"noise_min ({self.noise_min}) must be below noise_max ({self.noise_max})")
+        if self.time_weights is not None:
+            lo, hi = self.time_weights
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"time_weights must satisfy 0 < w_min <= w_max <= 1, got {self.time_weights}")
+        return self
+
+
+class DiffRec(SequentialRecommender):
+    name: ClassVar[str] = "diffrec"
+    Config: ClassVar[type[ModelConfig]] = DiffRecConfig
+    batch_mode: ClassVar[Literal["pairs", "seq2seq", "none"]] = "pairs"
+    config: DiffRecConfig
+
+    def __init__(self, n_items: int, max_len: int, config: ModelConfig | None = None):
+        config = config or DiffRecConfig()
+        assert isinstance(config, DiffRecConfig)
+        super().__init__(n_items, max_len, config)
+        self.denoiser = InteractionDenoiser(
+            n_items, config.dims, time_dim=config.time_dim, dropout=config.dropout, normalize=config.normalize
+        )
+        betas = linear_variance_betas(config.timesteps, config.noise_scale, config.noise_min, config.noise_max)
+        self.scheduler = DiffusionScheduler(betas=betas, prediction_type="x0")
+        abar = self.scheduler._abar64
+        snr = abar / (1 - abar)
+        snr_prev = torch.cat([snr.new_full((1,), float("inf")), snr[:-1]])
+        weights = torch.where(torch.arange(config.timesteps) == 0, torch.ones_like(snr), (snr_prev - snr) / 2)
+        self.register_buffer("loss_weights", weights.float(), persistent=False)
+        # importance sampling state (saved, so that a resumed run continues it)
+        self.register_buffer("loss_history", torch.zeros(config.timesteps, LOSS_HISTORY))
+        self.register_buffer("loss_count", torch.zeros(config.timesteps, dtype=torch.long))
+
+    # -- the interaction vector ----------------------------------------------------------------
+    def interaction_vector(self, history: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, n_items]`` vector ``x_0`` of the last ``max_len`` history items (and the target, the most
+        recent); column ``j`` is item ``j + 1``. 1 per item, or T-DiffRec's recency weight."""
+        if history.shape[1] > self.max_len:
+            history = history[:, -self.max_len :]
+        seq = history if target is None else torch.cat([history, target[:, None]], dim=1)
+        valid = seq > 0
+        w = valid.float()
+        if self.config.time_weights is not None:
+            lo, hi = self.config.time_weights
+            m = valid.cumsum(1).float()  # 1..M along the valid (time-ordered) positions
+            M = valid.sum(1, keepdim=True).float()
+            frac = torch.where(M > 1, (m - 1) / (M - 1).clamp(min=1), torch.ones_like(m))
+            w = (lo + frac * (hi - lo)) * valid
+        x = torch.zeros(seq.shape[0], self.n_items + 1, device=seq.device)
+        x.scatter_reduce_(1, seq, w, reduce="amax")
+        return x[:, 1:]
+
+    # -- training (Algorithm 1) ----------------------------------------------------------------
+    def sample_steps(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``t`` [B] 0-based, ``p_t`` [B]): uniform, or importance sampling once every step has a full history."""
+        T = self.config.timesteps
+        if self.config.t_sampling == "importance" and bool((self.loss_count == LOSS_HISTORY).all()):
+            p = (self.loss_history**2).mean(1).sqrt()
+            p = p / p.sum()
+            p = 0.999 * p + 0.001 / T  # keep every step reachable
+            t = torch.multinomial(p, batch_size, replacement=True).to(device)
+            return t, p.to(device)[t]
+        t = torch.randint(0, T, (batch_size,), device=device)
+        return t, torch.full((batch_size,), 1.0 / T, device=device)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        x0 = self.interaction_vector(batch.history, batch.target)
+        t, p_t = self.sample_steps(x0.shape[0], x0.device)
+        x_t = self.scheduler.add_noise(x0, torch.randn_like(x0), t)
+        mse = ((self.denoiser(x_t, t) - x0) ** 2).mean(1)
+        L_t = mse * self.loss_weights[t] if self.config.reweight else mse
+        if self.training and self.config.t_sampling == "importance":
+            self._record(t, L_t.detach())
+        return (L_t / (self.config.timesteps * p_t)).mean()
+
+    @torch.no_grad()
+    def _record(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Push each step's new losses into its ring of the last ``LOSS_HISTORY`` values."""
+        for step, value in zip(t.tolist(), losses.tolist()):
+            n = int(self.loss_count[step])
+            if n == LOSS_HISTORY:
+                self.loss_history[step, :-1] = self.loss_history[step, 1:].clone()
+                self.loss_history[step, -1] = value
+            else:
+                self.loss_history[step, n] = value
+                self.loss_count[step] = n + 1
+
+    # -- inference (Algorithm 2) ---------------------------------------------------------------
+    @torch.no_grad()
+    def reverse(self, history: torch.Tensor) -> torch.Tensor:
+        """The denoised ``x_0`` [B, n_items] of the history's interaction vector."""
+        x = self.interaction_vector(history)
+        T_prime = self.config.inference_noise_steps
+        if T_prime > 0:
+            t = torch.full((x.shape[0],), T_prime - 1, device=x.device, dtype=torch.long)
+            x = self.scheduler.add_noise(x, torch.randn_like(x), t)
+        for step in reversed(range(self.config.timesteps)):
+            t = torch.full((1,), step, device=x.device, dtype=torch.long)
+            x, _ = self.scheduler.q_posterior(self.denoiser(x, t), x, step)
+        return x
+
+    def score(self, history: torch.Tensor) -> torch.Tensor:
+        return self.reverse(history)
