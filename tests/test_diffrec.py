@@ -36,8 +36,10 @@ def test_linear_variance_schedule_by_hand() -> None:
     betas = linear_variance_betas(3, 0.1, 1e-3, 3e-3)
     expected = torch.tensor([1e-4, 1 - 0.9998 / 0.9999, 1 - 0.9997 / 0.9998], dtype=torch.float64)
     assert torch.allclose(betas, expected, rtol=1e-9, atol=0)
-    sched = DiffusionScheduler(betas=betas)
-    assert torch.allclose(1 - sched._abar64, torch.tensor([1e-4, 2e-4, 3e-4], dtype=torch.float64), rtol=1e-9)
+    abar = torch.cumprod(1 - betas, 0)
+    assert torch.allclose(1 - abar, torch.tensor([1e-4, 2e-4, 3e-4], dtype=torch.float64), rtol=1e-9)
+    sched = DiffusionScheduler(betas=betas)  # the shared scheduler takes the betas as they are
+    assert torch.allclose(sched.alphas_cumprod, abar.float())
     assert torch.allclose(linear_variance_betas(1, 0.5, 0.02, 0.04), torch.tensor([0.01], dtype=torch.float64))
     with pytest.raises(ValueError, match="below noise_max"):
         linear_variance_betas(3, 0.1, 3e-3, 1e-3)

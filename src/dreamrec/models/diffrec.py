@@ -89,7 +89,7 @@ class DiffRec(SequentialRecommender):
         )
         betas = linear_variance_betas(config.timesteps, config.noise_scale, config.noise_min, config.noise_max)
         self.scheduler = DiffusionScheduler(betas=betas, prediction_type="x0")
-        abar = self.scheduler._abar64
+        abar = torch.cumprod(1 - betas, 0)  # float64: 1 - abar is ~1e-4, too close to 1 for float32
         snr = abar / (1 - abar)
         snr_prev = torch.cat([snr.new_full((1,), float("inf")), snr[:-1]])
         weights = torch.where(torch.arange(config.timesteps) == 0, torch.ones_like(snr), (snr_prev - snr) / 2)
