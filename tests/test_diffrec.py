@@ -108,6 +108,9 @@ def test_importance_sampling_uses_the_loss_history() -> None:
     model._record(torch.tensor([0] * (LOSS_HISTORY + 2)), torch.arange(LOSS_HISTORY + 2, dtype=torch.float32))
     assert model.loss_count.tolist() == [LOSS_HISTORY, 0, 0]
     assert model.loss_history[0].tolist() == [float(v) for v in range(2, LOSS_HISTORY + 2)]  # oldest dropped
+    model._record(torch.tensor([1, 0, 0]), torch.tensor([7.0, 100.0, 101.0]))
+    assert model.loss_history[0].tolist() == [float(v) for v in range(4, LOSS_HISTORY + 2)] + [100.0, 101.0]
+    assert model.loss_count.tolist() == [LOSS_HISTORY, 1, 0] and model.loss_history[1, 0] == 7.0
     model.loss_history[1:] = 0.0
     model.loss_history[1, :] = 3.0
     model.loss_history[2, :] = 4.0

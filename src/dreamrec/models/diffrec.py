@@ -142,15 +142,12 @@ class DiffRec(SequentialRecommender):
 
     @torch.no_grad()
     def _record(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Push each step's new losses into its ring of the last ``LOSS_HISTORY`` values."""
-        for step, value in zip(t.tolist(), losses.tolist()):
+        """Append each step's new losses (in batch order) to its history and keep the last ``LOSS_HISTORY``."""
+        for step in t.unique().tolist():
             n = int(self.loss_count[step])
-            if n == LOSS_HISTORY:
-                self.loss_history[step, :-1] = self.loss_history[step, 1:].clone()
-                self.loss_history[step, -1] = value
-            else:
-                self.loss_history[step, n] = value
-                self.loss_count[step] = n + 1
+            kept = torch.cat([self.loss_history[step, :n], losses[t == step]])[-LOSS_HISTORY:]
+            self.loss_history[step, : len(kept)] = kept
+            self.loss_count[step] = len(kept)
 
     # -- inference (Algorithm 2) ---------------------------------------------------------------
     @torch.no_grad()
