@@ -330,3 +330,22 @@ def test_failed_set_timesteps_leaves_the_scheduler_unchanged(start: tuple) -> No
     assert s._c_xt is None and s._c_eps is not None
     s.set_timesteps(5, sampler="ddpm")
     assert s._c_eps is None and s._c_xt is not None
+
+
+def test_mean_only_ddpm_is_the_posterior_mean_chain() -> None:
+    """``sample(..., mean_only=True)`` with ddpm over all T steps applies ``q_posterior``'s mean at every step."""
+    sched = DiffusionScheduler(num_train_timesteps=4, beta_schedule="linear", beta_start=0.1, beta_end=0.4)
+    W = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+
+    def f(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x @ W + t.float()
+
+    x_T = torch.randn(2, 3)
+    expected = x_T
+    for t in (3, 2, 1, 0):
+        expected, _ = sched.q_posterior(f(expected, torch.tensor([t])), expected, t)
+    torch.manual_seed(0)
+    out = sample(f, sched, (2, 3), x_T=x_T, mean_only=True)
+    assert torch.allclose(out, expected, atol=1e-5)
+    torch.manual_seed(0)
+    assert not torch.allclose(sample(f, sched, (2, 3), x_T=x_T), expected, atol=1e-3)  # ancestral adds noise

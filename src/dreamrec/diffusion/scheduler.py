@@ -239,15 +239,18 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     x_T: torch.Tensor | None = None,
+    mean_only: bool = False,
 ) -> torch.Tensor:
     """The pipeline: ``x_T ~ N(0, I)``; for ``t`` in ``scheduler.timesteps``: ``x <- step(model_fn(x, t), t, x)``.
 
     ``model_fn(x_t, t)`` receives ``t`` as a ``[1]`` long tensor, the step shared by every row
     (networks broadcast it, so a time embedding is computed once per step, not per row); call
     ``scheduler.set_timesteps`` first to choose the sampler. Noise comes from torch's global generator (seed it to reproduce).
+    ``mean_only`` drops the ``sigma z`` term of every step: with ``ddpm`` each update is then the posterior
+    mean ``mu(x_t, x0_hat)`` (DiffRec's inference, Algorithm 2).
     """
     x = torch.randn(shape, device=device, dtype=dtype) if x_T is None else x_T
     for t in scheduler.timesteps.tolist():
         t_step = torch.full((1,), t, device=x.device, dtype=torch.long)
-        x = scheduler.step(model_fn(x, t_step), t, x)
+        x = scheduler.step(model_fn(x, t_step), t, x, noise=torch.zeros_like(x) if mean_only else None)
     return x

@@ -37,7 +37,7 @@ import torch
 from pydantic import Field, model_validator
 
 from dreamrec.data.batching import Batch
-from dreamrec.diffusion import DiffusionScheduler
+from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.schedules import linear_variance_betas
 from dreamrec.models.base import ModelConfig, SequentialRecommender
 from dreamrec.nn.interaction import InteractionDenoiser
@@ -65,8 +65,7 @@ class DiffRecConfig(ModelConfig):
     def _check(self) -> "DiffRecConfig":
         if self.inference_noise_steps > self.timesteps:
             raise ValueError(f"inference_noise_steps ({self.inference_noise_steps}) cannot exceed timesteps ({self.timesteps})")
-        if self.timesteps > 1 and not self.noise_min < self.noise_max:
-            raise ValueError(f"noise_min ({self.noise_min}) must be below noise_max ({self.noise_max})")
+        linear_variance_betas(self.timesteps, self.noise_scale, self.noise_min, self.noise_max)  # raises on a bad schedule
         if self.time_weights is not None:
             lo, hi = self.time_weights
             if not 0 < lo <= hi <= 1:
@@ -158,10 +157,7 @@ class DiffRec(SequentialRecommender):
         if T_prime > 0:
             t = torch.full((x.shape[0],), T_prime - 1, device=x.device, dtype=torch.long)
             x = self.scheduler.add_noise(x, torch.randn_like(x), t)
-        for step in reversed(range(self.config.timesteps)):
-            t = torch.full((1,), step, device=x.device, dtype=torch.long)
-            x, _ = self.scheduler.q_posterior(self.denoiser(x, t), x, step)
-        return x
+        return sample(self.denoiser, self.scheduler, tuple(x.shape), x_T=x, mean_only=True)  # ddpm over all T steps
 
     def score(self, history: torch.Tensor) -> torch.Tensor:
         return self.reverse(history)
