@@ -332,7 +332,7 @@ def test_failed_set_sampler_leaves_model_consistent() -> None:
 def test_ddim_eta_above_one_is_rejected_by_every_config() -> None:
     from pydantic import ValidationError
 
-    for name in ("dreamrec", "diffurec", "idreamrec"):
+    for name in ("dreamrec", "diffurec", "idreamrec", "diqdiff", "dimerec"):
         Config = MODELS[name].Config
         for bad in (1.5, -0.5):
             with pytest.raises(ValidationError, match="ddim_eta"):

@@ -42,6 +42,19 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
         "target_grad": False,
         "train_timesteps": "last",
     },
+    # DreamRec's demo settings plus DiQDiff's codebook (8 codes) and contrastive term
+    "diqdiff": {
+        "hidden": 64,
+        "timesteps": 100,
+        "denoiser": "mlp2",
+        "sampler": "onestep",
+        "guidance_w": 0.0,
+        "target_grad": False,
+        "train_timesteps": "last",
+        "n_codes": 8,
+    },
+    # ten DDIM steps instead of the paper's DDPM over T = 100 keep validation cheap
+    "dimerec": {"sampler": "ddim", "sampler_steps": 10},
 }
 
 

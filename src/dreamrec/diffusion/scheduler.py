@@ -240,6 +240,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     x_T: torch.Tensor | None = None,
     mean_only: bool = False,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The pipeline: ``x_T ~ N(0, I)``; for ``t`` in ``scheduler.timesteps``: ``x <- step(model_fn(x, t), t, x)``.
 
@@ -247,10 +248,15 @@ def sample(
     (networks broadcast it, so a time embedding is computed once per step, not per row); call
     ``scheduler.set_timesteps`` first to choose the sampler. Noise comes from torch's global generator (seed it to reproduce).
     ``mean_only`` drops the ``sigma z`` term of every step: with ``ddpm`` each update is then the posterior
-    mean ``mu(x_t, x0_hat)`` (DiffRec's inference, Algorithm 2).
+    mean ``mu(x_t, x0_hat)`` (DiffRec's inference, Algorithm 2). ``project`` maps ``x_T`` and every update
+    back onto a manifold (DimeRec's ``L2-Norm``: the unit sphere).
     """
     x = torch.randn(shape, device=device, dtype=dtype) if x_T is None else x_T
+    if project is not None:
+        x = project(x)
     for t in scheduler.timesteps.tolist():
         t_step = torch.full((1,), t, device=x.device, dtype=torch.long)
         x = scheduler.step(model_fn(x, t_step), t, x, noise=torch.zeros_like(x) if mean_only else None)
+        if project is not None:
+            x = project(x)
     return x

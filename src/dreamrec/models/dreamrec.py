@@ -381,7 +381,13 @@ class DreamRec(SequentialRecommender):
                 log_p = mixture_log_probs(logits.view(K, B, -1))
                 ce = -log_p.gather(1, (target - 1).unsqueeze(1)).mean()
             loss = loss + cfg.ce_weight * ce
-        return loss
+        extra = self.extra_loss(x0_hat)
+        return loss if extra is None else loss + extra
+
+    def extra_loss(self, x0_hat: torch.Tensor) -> torch.Tensor | None:
+        """A further term on the batch's x0 predictions ``x0_hat`` [N, d], added to the loss; None here
+        (a hook for models built on DreamRec, e.g. DiQDiff's contrastive discrepancy term)."""
+        return None
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Mean L2 norm of the real items' embeddings and their mean pairwise cosine (watch them

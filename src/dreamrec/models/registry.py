@@ -9,6 +9,8 @@ from dreamrec.models.caser import Caser
 from dreamrec.models.cl4srec import CL4SRec
 from dreamrec.models.diffrec import DiffRec
 from dreamrec.models.diffurec import DiffuRec
+from dreamrec.models.dimerec import DimeRec
+from dreamrec.models.diqdiff import DiQDiff
 from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.gru4rec import GRU4Rec
 from dreamrec.models.idreamrec import IDreamRec
@@ -16,7 +18,7 @@ from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec, DiQDiff, DimeRec)
 }
 
 

@@ -1,0 +1,168 @@
+"""DimeRec: the sphere's exponential map and tangent noise, the two GEMs, the sampled softmax, the loss of
+Eq. 23 by hand, reversing on the sphere, reload, bad configs and the planted pattern."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import planted_hr20
+
+from dreamrec.config import RunConfig, TrainConfig
+from dreamrec.data.batching import Batch
+from dreamrec.diffusion import DiffusionScheduler, sample
+from dreamrec.errors import ConfigError
+from dreamrec.models import MODELS, build_model
+from dreamrec.models.dimerec import DimeRec, sampled_softmax_ce, sphere_exp, tangent_noise
+from dreamrec.train.run import load_run, train_run
+
+SMALL = {"hidden": 4, "n_interests": 2, "timesteps": 10, "gem_width": 6}
+
+
+def _model(**params) -> DimeRec:
+    torch.manual_seed(0)
+    model = build_model("dimerec", 12, 4, {**SMALL, **params})
+    assert isinstance(model, DimeRec)
+    return model
+
+
+def test_registered_shapes_and_unit_queries() -> None:
+    model = _model().eval()
+    assert MODELS["dimerec"] is DimeRec and model.ranks_by_query()
+    h = torch.tensor([[0, 0, 0, 0], [0, 3, 1, 4], [5, 6, 12, 2]])
+    q = model.query(h)
+    assert q.shape == (3, 4) and torch.allclose(q.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model.score(h).shape == (3, 12)
+
+
+def test_exponential_map_and_tangent_noise_by_hand() -> None:
+    x = torch.tensor([[1.0, 0.0, 0.0]])
+    theta = 0.7
+    assert torch.allclose(sphere_exp(x, torch.tensor([[0.0, theta, 0.0]])), torch.tensor([[math.cos(theta), math.sin(theta), 0.0]]))
+    assert torch.equal(sphere_exp(x, torch.zeros(1, 3)), x)  # exp_x[0] = x
+    v = tangent_noise(x, torch.tensor([[2.0, -1.0, 3.0]]))
+    assert torch.equal(v, torch.tensor([[0.0, -1.0, 3.0]]))  # the radial part removed
+    x = F.normalize(torch.randn(50, 8), dim=1)
+    v = tangent_noise(x, torch.randn(50, 8))
+    assert torch.allclose((v * x).sum(1), torch.zeros(50), atol=1e-6)
+    assert torch.allclose(sphere_exp(x, 3.0 * v).norm(dim=1), torch.ones(50), atol=1e-5)  # stays on the sphere
+
+
+def test_model_gem_by_hand() -> None:
+    """g = A^T (H + P), A a softmax over the real positions of W_2 tanh(W_1 (H + P)); padding has no weight."""
+    model = _model(dropout=0.0).eval()
+    h = torch.tensor([[0, 0, 3, 7], [0, 0, 0, 0]])
+    g = model.interests(h)
+    hp = model.item_embedding.weight[[3, 7]] + model.position_embedding.weight[[2, 3]]  # right-aligned positions
+    W1, W2 = model.attention[0].weight, model.attention[2].weight
+    A = torch.softmax(torch.tanh(hp @ W1.T) @ W2.T, dim=0)  # [2 positions, K]
+    assert torch.allclose(g[0], A.T @ hp, atol=1e-6)
+    assert torch.equal(g[1], torch.zeros(2, 4))  # an empty history has no interests
+    assert g.shape == (2, 2, 4)
+
+
+def test_rule_gem_is_the_last_k_items() -> None:
+    model = _model(gem="rule", gem_width=None, n_interests=3).eval()
+    E = model.item_embedding.weight
+    g = model.interests(torch.tensor([[0, 5, 6, 7], [0, 0, 0, 9]]))
+    assert torch.equal(g[0], E[[5, 6, 7]])
+    assert torch.equal(g[1], torch.stack([torch.zeros(4), torch.zeros(4), E[9]]))
+    wide = _model(gem="rule", gem_width=None, n_interests=6).eval()  # K above the window: zeros in front
+    assert wide.interests(torch.tensor([[1, 2, 3, 4]])).shape == (1, 6, 4)
+
+
+def test_sampled_softmax_by_hand() -> None:
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    q = torch.tensor([[2.0, 1.0]])
+    # target 1 (logit 2), negatives 2 (1) and 3 (3): -log(e^2 / (e^2 + e^1 + e^3))
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(1) + math.exp(3)))
+    assert sampled_softmax_ce(q, table, torch.tensor([1]), torch.tensor([2, 3])).item() == pytest.approx(expected)
+    # a negative equal to the target is left out
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(1)))
+    assert sampled_softmax_ce(q, table, torch.tensor([1]), torch.tensor([1, 2])).item() == pytest.approx(expected)
+    # None: the full softmax over items 1..3
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(1) + math.exp(3)))
+    assert sampled_softmax_ce(q, table, torch.tensor([1]), None).item() == pytest.approx(expected)
+
+
+def test_loss_eq23_by_hand() -> None:
+    """L = L_gem + lambda L_recon + mu L_ssm, recomputed from the same noise, step and negatives."""
+    model = _model(dropout=0.0, n_negatives=None, lambda_recon=0.3, mu_ssm=2.0).train()
+    batch = Batch(history=torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [0, 0, 8, 9]]), target=torch.tensor([4, 8, 10]))
+    torch.manual_seed(7)
+    loss = model.loss(batch)
+    torch.manual_seed(7)
+    t = model.scheduler.sample_timesteps(3)
+    eps = torch.randn(3, 4)
+    E = model.item_embedding.weight
+    g = model.interests(batch.history)
+    e_a = E[batch.target]
+    g_u = g[torch.arange(3), (g * e_a[:, None]).sum(-1).argmax(1)]
+    l_gem = F.cross_entropy(g_u @ E[1:].T, batch.target - 1)
+    x0 = e_a / e_a.norm(dim=1, keepdim=True)
+    v = model.scheduler.sqrt_one_minus_alphas_cumprod[t, None] * (eps - (eps * x0).sum(1, keepdim=True) * x0)
+    n = v.norm(dim=1, keepdim=True)
+    x_t = torch.cos(n) * x0 + torch.sin(n) * v / n
+    f = model.denoiser(x_t, t, g.flatten(1))
+    x0_hat = f / f.norm(dim=1, keepdim=True)
+    l_recon = ((x0 - x0_hat) ** 2).sum(1).mean()
+    l_ssm = F.cross_entropy(x0_hat @ E[1:].T, batch.target - 1)
+    assert loss.item() == pytest.approx((l_gem + 0.3 * l_recon + 2.0 * l_ssm).item(), rel=1e-5)
+
+
+def test_reverse_stays_on_the_sphere_and_returns_a_perfect_prediction() -> None:
+    """Each update is mapped back onto the sphere; a predictor that always returns x0 ends at x0."""
+    x0 = F.normalize(torch.randn(5, 6), dim=1)
+    for sampler, steps in (("ddpm", None), ("ddim", 3), ("onestep", None)):
+        sched = DiffusionScheduler(num_train_timesteps=10, beta_schedule="linear")
+        sched.set_timesteps(steps, sampler=sampler)
+        seen = []
+
+        def project(x: torch.Tensor) -> torch.Tensor:
+            out = F.normalize(x, dim=-1)
+            seen.append(out)
+            return out
+
+        out = sample(lambda x, t: x0, sched, (5, 6), project=project)
+        assert torch.allclose(out, x0, atol=1e-5), sampler
+        assert len(seen) == len(sched.timesteps) + 1 and all(torch.allclose(s.norm(dim=1), torch.ones(5)) for s in seen)
+
+
+def test_sampler_switch_and_bad_configs() -> None:
+    model = _model().eval()
+    model.set_sampler("ddim", 2)
+    assert model.config.sampler == "ddim" and model.scheduler.timesteps.tolist() == [9, 4]
+    with pytest.raises(ConfigError, match="sampler_steps"):
+        build_model("dimerec", 10, 4, {**SMALL, "sampler_steps": 11})
+    with pytest.raises(ConfigError, match="gem_width"):
+        build_model("dimerec", 10, 4, {**SMALL, "gem": "rule"})
+    with pytest.raises(ConfigError, match="n_interests"):
+        build_model("dimerec", 10, 4, {**SMALL, "n_interests": 0})
+    with pytest.raises(ConfigError, match="gem"):
+        build_model("dimerec", 10, 4, {**SMALL, "gem": "attention"})
+
+
+def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) -> None:
+    ds = small_synthetic.dataset
+    cfg = RunConfig(model="dimerec", params={**SMALL, "hidden": 8, "n_negatives": 16}, train=TrainConfig(epochs=2, seed=1))
+    train_run(cfg, ds.save(tmp_path / "data"), tmp_path / "run", progress=False, log=None, dataset=ds)
+    a, b = load_run(tmp_path / "run").model, load_run(tmp_path / "run").model
+    h = torch.from_numpy(ds.test.history[:50, -a.max_len :])
+    torch.manual_seed(0)
+    sa = a.score(h)
+    torch.manual_seed(0)
+    assert torch.equal(sa, b.score(h)) and torch.isfinite(sa).all()
+
+
+# -- the planted pattern ----------------------------------------------------------------------
+# 10 topics of 10 items with flat popularity: popularity's HR@20 is ~0.4, the Bayes bound ~0.9.
+def test_planted_pattern(tmp_path: Path) -> None:
+    """The defaults (model GEM, 128 sampled negatives, DDPM over T = 100). Measured (8 epochs, one thread):
+    HR@20 0.715 against popularity 0.405."""
+    t0 = time.perf_counter()
+    hr, hr_pop = planted_hr20("dimerec", {}, tmp_path)
+    assert hr >= 1.5 * hr_pop, (hr, hr_pop)
+    assert time.perf_counter() - t0 < 40
