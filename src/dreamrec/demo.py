@@ -53,6 +53,9 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
         "train_timesteps": "last",
         "n_codes": 8,
     },
+    # Du et al.: the step embedding at the noisy slot only (the paper's z_n everywhere does not learn the planted
+    # topics in a few epochs) and the one-step inference
+    "diffrec2": {"hidden": 64, "sampler": "onestep", "step_everywhere": False},
     # ten DDIM steps instead of the paper's DDPM over T = 100 keep validation cheap
     "dimerec": {"sampler": "ddim", "sampler_steps": 10},
 }

@@ -8,6 +8,7 @@ from dreamrec.models.base import SequentialRecommender
 from dreamrec.models.caser import Caser
 from dreamrec.models.cl4srec import CL4SRec
 from dreamrec.models.diffrec import DiffRec
+from dreamrec.models.diffrec2 import DiffRec2
 from dreamrec.models.diffurec import DiffuRec
 from dreamrec.models.dimerec import DimeRec
 from dreamrec.models.diqdiff import DiQDiff
@@ -18,7 +19,7 @@ from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec, DiQDiff, DimeRec)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec, DiQDiff, DimeRec, DiffRec2)
 }
 
 

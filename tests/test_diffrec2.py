@@ -1,0 +1,120 @@
+"""Du et al.'s model ("DiffRec2"): the denoiser's input H^n, the loss by hand, rounding as one inner
+product, averaging over noise draws, reload, bad configs and the planted pattern."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import planted_hr20
+
+from dreamrec.config import RunConfig, TrainConfig
+from dreamrec.data.batching import Batch
+from dreamrec.errors import ConfigError
+from dreamrec.models import MODELS, build_model
+from dreamrec.models.diffrec2 import DiffRec2
+from dreamrec.train.run import load_run, train_run
+
+SMALL = {"hidden": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "timesteps": 10}
+
+
+def _model(**params) -> DiffRec2:
+    torch.manual_seed(0)
+    model = build_model("diffrec2", 12, 4, {**SMALL, **params})
+    assert isinstance(model, DiffRec2)
+    return model
+
+
+def test_registered_and_rounding_is_one_inner_product() -> None:
+    model = _model(sampler="onestep").eval()
+    assert MODELS["diffrec2"] is DiffRec2 and model.ranks_by_query()
+    h = torch.tensor([[0, 0, 0, 0], [0, 3, 1, 4], [5, 6, 12, 2]])
+    torch.manual_seed(1)
+    scores = model.score(h)
+    torch.manual_seed(1)
+    h0 = model.generate(h)
+    assert scores.shape == (3, 12)
+    assert torch.allclose(scores, model.rounding(h0), atol=1e-5)  # [h0; 1] . [W_v; b_v] = W h0 + b
+
+
+def test_denoiser_input_by_hand() -> None:
+    """H^n = [E(v_1) + z_n, ..., h^n + z_n] (+ positions inside the encoder); the slot is a real position."""
+    model = _model().eval()
+    h = torch.tensor([[0, 2, 5, 7]])
+    h_n, n = torch.randn(1, 8), torch.tensor([4])
+    z = model.step_embedding(n)
+    vectors = torch.cat([model.item_embedding(h), h_n[:, None]], dim=1) + z[:, None]
+    expected = model.encoder(torch.tensor([[0, 2, 5, 7, 1]]), vectors)[:, -1]
+    assert torch.allclose(model.denoise(h, h_n, n), expected, atol=1e-6)
+    slot_only = _model(step_everywhere=False).eval()
+    vectors = torch.cat([slot_only.item_embedding(h), (h_n + slot_only.step_embedding(n))[:, None]], dim=1)
+    expected = slot_only.encoder(torch.tensor([[0, 2, 5, 7, 1]]), vectors)[:, -1]
+    assert torch.allclose(slot_only.denoise(h, h_n, n), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("rec_on", ["embedding", "prediction"])
+def test_loss_by_hand(rec_on: str) -> None:
+    """L = ||h0 - f(h^n, n)||^2 (summed over d, mean over rows) + CE(W h + b), h = h0 or f."""
+    model = _model(mse_weight=0.5, rec_on=rec_on, embedding_std=0.1).train()
+    batch = Batch(history=torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), target=torch.tensor([4, 8]))
+    torch.manual_seed(3)
+    loss = model.loss(batch)
+    torch.manual_seed(3)
+    e_v = model.item_embedding(batch.target)
+    h0 = e_v + 0.1 * torch.randn_like(e_v)
+    n = model.scheduler.sample_timesteps(2)
+    eps = torch.randn_like(h0)
+    a = model.scheduler.alphas_cumprod[n, None]
+    f = model.denoise(batch.history, a.sqrt() * h0 + (1 - a).sqrt() * eps, n)
+    rec = F.cross_entropy(model.rounding(h0 if rec_on == "embedding" else f), batch.target - 1)
+    assert loss.item() == pytest.approx((0.5 * ((h0 - f) ** 2).sum(1).mean() + rec).item(), rel=1e-5)
+
+
+def test_n_seeds_average_the_draws() -> None:
+    model = _model(sampler="onestep").eval()
+    h = torch.tensor([[0, 3, 1, 4], [5, 6, 12, 2]])
+    torch.manual_seed(2)
+    avg = model.generate(h, n_seeds=3)
+    torch.manual_seed(2)
+    unk = model.unk.expand(6, -1)
+    last = torch.full((6,), 9, dtype=torch.long)
+    x = model.scheduler.add_noise(unk, torch.randn(6, 8), last)
+    h0 = model.denoise(h.repeat(3, 1), x, torch.tensor([9]))
+    assert torch.allclose(avg, h0.view(3, 2, -1).mean(0), atol=1e-6)
+
+
+def test_bad_configs_fail_clearly() -> None:
+    with pytest.raises(ConfigError, match="sampler_steps"):
+        build_model("diffrec2", 10, 4, {**SMALL, "sampler_steps": 11})
+    with pytest.raises(ConfigError, match="mse_weight"):
+        build_model("diffrec2", 10, 4, {**SMALL, "mse_weight": 0.0})
+    with pytest.raises(ConfigError, match="rec_on"):
+        build_model("diffrec2", 10, 4, {**SMALL, "rec_on": "both"})
+
+
+def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) -> None:
+    ds = small_synthetic.dataset
+    cfg = RunConfig(model="diffrec2", params={**SMALL, "sampler": "ddim", "sampler_steps": 3},
+                    train=TrainConfig(epochs=2, seed=1))
+    train_run(cfg, ds.save(tmp_path / "data"), tmp_path / "run", progress=False, log=None, dataset=ds)
+    a, b = load_run(tmp_path / "run").model, load_run(tmp_path / "run").model
+    h = torch.from_numpy(ds.test.history[:50, -a.max_len :])
+    torch.manual_seed(0)
+    sa = a.score(h)
+    torch.manual_seed(0)
+    assert torch.equal(sa, b.score(h)) and torch.isfinite(sa).all()
+
+
+# -- the planted pattern ----------------------------------------------------------------------
+# 10 topics of 10 items with flat popularity: popularity's HR@20 is ~0.4, the Bayes bound ~0.9.
+def test_planted_pattern(tmp_path: Path) -> None:
+    """The paper's loss with the step embedding at the noisy slot only, one-step inference. Measured (8 epochs,
+    one thread): HR@20 0.53 against popularity 0.405. With z_n at every position (the paper's H^n) it
+    stays at popularity's level within these 8 epochs (0.42): the step embedding shifts every history
+    token by a different vector per row."""
+    t0 = time.perf_counter()
+    hr, hr_pop = planted_hr20("diffrec2", {"sampler": "onestep", "step_everywhere": False}, tmp_path)
+    assert hr >= 1.2 * hr_pop, (hr, hr_pop)
+    assert time.perf_counter() - t0 < 40
