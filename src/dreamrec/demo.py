@@ -55,7 +55,9 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
     },
     # Du et al.: the step embedding at the noisy slot only (the paper's z_n everywhere does not learn the planted
     # topics in a few epochs) and the one-step inference
-    "diffrec2": {"hidden": 64, "sampler": "onestep", "step_everywhere": False},
+    # one small block: the model sees one (history, next item) pair per event, and a 2-block d = 64 encoder
+    # made it the slowest demo model by far
+    "diffrec2": {"hidden": 32, "n_layers": 1, "n_heads": 1, "sampler": "onestep", "step_everywhere": False},
     # ten DDIM steps instead of the paper's DDPM over T = 100 keep validation cheap
     "dimerec": {"sampler": "ddim", "sampler_steps": 10},
 }
