@@ -36,3 +36,20 @@ def planted_hr20(name: str, params: dict, out_dir) -> tuple[float, float]:
     pop.fit_statistics(ds)
     hr = evaluate(model, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"]
     return hr, evaluate(pop, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"]
+
+
+def assert_reload_identical(name: str, params: dict, dataset, tmp_path) -> torch.nn.Module:
+    """Train ``name`` for 2 epochs on ``dataset``, load the saved run twice and check that both score the first
+    50 test histories identically (under the same seed: samplers draw noise) and finitely; returns one of them."""
+    from dreamrec.config import RunConfig, TrainConfig
+    from dreamrec.train.run import load_run, train_run
+
+    cfg = RunConfig(model=name, params=params, train=TrainConfig(epochs=2, seed=1))
+    train_run(cfg, dataset.save(tmp_path / "data"), tmp_path / "run", progress=False, log=None, dataset=dataset)
+    a, b = load_run(tmp_path / "run").model, load_run(tmp_path / "run").model
+    h = torch.from_numpy(dataset.test.history[:50, -a.max_len :])
+    torch.manual_seed(0)
+    sa = a.score(h)
+    torch.manual_seed(0)
+    assert torch.equal(sa, b.score(h)) and torch.isfinite(sa).all()
+    return a

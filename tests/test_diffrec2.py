@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import planted_hr20
+from conftest import assert_reload_identical, planted_hr20
 
-from dreamrec.config import RunConfig, TrainConfig
 from dreamrec.data.batching import Batch
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.diffrec2 import DiffRec2
-from dreamrec.train.run import load_run, train_run
 
 SMALL = {"hidden": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "timesteps": 10}
 
@@ -95,16 +93,7 @@ def test_bad_configs_fail_clearly() -> None:
 
 
 def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) -> None:
-    ds = small_synthetic.dataset
-    cfg = RunConfig(model="diffrec2", params={**SMALL, "sampler": "ddim", "sampler_steps": 3},
-                    train=TrainConfig(epochs=2, seed=1))
-    train_run(cfg, ds.save(tmp_path / "data"), tmp_path / "run", progress=False, log=None, dataset=ds)
-    a, b = load_run(tmp_path / "run").model, load_run(tmp_path / "run").model
-    h = torch.from_numpy(ds.test.history[:50, -a.max_len :])
-    torch.manual_seed(0)
-    sa = a.score(h)
-    torch.manual_seed(0)
-    assert torch.equal(sa, b.score(h)) and torch.isfinite(sa).all()
+    assert_reload_identical("diffrec2", {**SMALL, "sampler": "ddim", "sampler_steps": 3}, small_synthetic.dataset, tmp_path)
 
 
 # -- the planted pattern ----------------------------------------------------------------------

@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import planted_hr20
+from conftest import assert_reload_identical, planted_hr20
 
-from dreamrec.config import RunConfig, TrainConfig
 from dreamrec.data.batching import Batch
 from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.dimerec import DimeRec, sampled_softmax_ce, sphere_exp, tangent_noise
-from dreamrec.train.run import load_run, train_run
 
 SMALL = {"hidden": 4, "n_interests": 2, "timesteps": 10, "gem_width": 6}
 
@@ -146,15 +144,7 @@ def test_sampler_switch_and_bad_configs() -> None:
 
 
 def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) -> None:
-    ds = small_synthetic.dataset
-    cfg = RunConfig(model="dimerec", params={**SMALL, "hidden": 8, "n_negatives": 16}, train=TrainConfig(epochs=2, seed=1))
-    train_run(cfg, ds.save(tmp_path / "data"), tmp_path / "run", progress=False, log=None, dataset=ds)
-    a, b = load_run(tmp_path / "run").model, load_run(tmp_path / "run").model
-    h = torch.from_numpy(ds.test.history[:50, -a.max_len :])
-    torch.manual_seed(0)
-    sa = a.score(h)
-    torch.manual_seed(0)
-    assert torch.equal(sa, b.score(h)) and torch.isfinite(sa).all()
+    assert_reload_identical("dimerec", {**SMALL, "hidden": 8, "n_negatives": 16}, small_synthetic.dataset, tmp_path)
 
 
 # -- the planted pattern ----------------------------------------------------------------------

@@ -9,6 +9,16 @@ from dreamrec.config import RunConfig, TrainConfig
 from dreamrec.models import MODELS
 from dreamrec.train.run import train_run
 
+_DREAMREC: dict[str, Any] = {
+    "hidden": 64,
+    "timesteps": 100,
+    "denoiser": "mlp2",
+    "sampler": "onestep",
+    "guidance_w": 0.0,
+    "target_grad": False,
+    "train_timesteps": "last",
+}
+
 # small, quick settings per model for the demo (anything not listed uses its defaults)
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
     # the hashing text encoder needs no download and no `text` extra
@@ -33,30 +43,12 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "diffrec": {"dims": [200], "time_weights": [0.1, 1.0], "reweight": False, "dropout": 0.2},
     # T = 100 and the one-step sampler keep validation cheap; mlp2 learns faster than the paper's mlp1;
     # a stop-gradient x0 target and training at t = T (for the one-step sampler) stop the table collapsing
-    "dreamrec": {
-        "hidden": 64,
-        "timesteps": 100,
-        "denoiser": "mlp2",
-        "sampler": "onestep",
-        "guidance_w": 0.0,
-        "target_grad": False,
-        "train_timesteps": "last",
-    },
+    "dreamrec": _DREAMREC,
     # DreamRec's demo settings plus DiQDiff's codebook (8 codes) and contrastive term
-    "diqdiff": {
-        "hidden": 64,
-        "timesteps": 100,
-        "denoiser": "mlp2",
-        "sampler": "onestep",
-        "guidance_w": 0.0,
-        "target_grad": False,
-        "train_timesteps": "last",
-        "n_codes": 8,
-    },
+    "diqdiff": {**_DREAMREC, "n_codes": 8},
     # Du et al.: the step embedding at the noisy slot only (the paper's z_n everywhere does not learn the planted
-    # topics in a few epochs) and the one-step inference
-    # one small block: the model sees one (history, next item) pair per event, and a 2-block d = 64 encoder
-    # made it the slowest demo model by far
+    # topics in a few epochs), one-step inference and one small block (a 2-block d = 64 encoder over one
+    # (history, next item) pair per event made it the slowest demo model by far)
     "diffrec2": {"hidden": 32, "n_layers": 1, "n_heads": 1, "sampler": "onestep", "step_everywhere": False},
     # ten DDIM steps instead of the paper's DDPM over T = 100 keep validation cheap
     "dimerec": {"sampler": "ddim", "sampler_steps": 10},
