@@ -26,6 +26,12 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_sampler_steps(steps: int | None, timesteps: int) -> None:
+    """A config check shared by the diffusion models: ``S`` (``sampler_steps``; None = all steps) fits in ``T``."""
+    if steps is not None and steps > timesteps:
+        raise ValueError(f"sampler_steps ({steps}) exceeds timesteps ({timesteps})")
+
+
 def switch_sampler(
     model: "SequentialRecommender", sampler: str | None, steps: int | None, **options: Any
 ) -> None:

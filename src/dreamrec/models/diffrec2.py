@@ -39,7 +39,7 @@ from dreamrec.data.batching import Batch
 from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
-from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
+from dreamrec.models.base import ModelConfig, SequentialRecommender, check_sampler_steps, switch_sampler
 from dreamrec.nn.denoisers import TimeEmbedding
 from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding
 
@@ -69,8 +69,7 @@ class DiffRec2Config(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "DiffRec2Config":
-        if self.sampler_steps is not None and self.sampler_steps > self.timesteps:
-            raise ValueError(f"sampler_steps ({self.sampler_steps}) exceeds timesteps ({self.timesteps})")
+        check_sampler_steps(self.sampler_steps, self.timesteps)
         if self.mse_weight == 0 and self.rec_on == "embedding":
             raise ValueError("mse_weight 0 with rec_on 'embedding' leaves the denoiser without a loss")
         return self

@@ -40,7 +40,8 @@ from dreamrec.data.batching import Batch
 from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
-from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
+from dreamrec.models.base import ModelConfig, SequentialRecommender, check_sampler_steps, switch_sampler
+from dreamrec.models.sasrec import softmax_cross_entropy
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
 from dreamrec.nn.encoders import item_table
 
@@ -68,8 +69,7 @@ class DimeRecConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _steps_fit_T(self) -> "DimeRecConfig":
-        if self.sampler_steps is not None and self.sampler_steps > self.timesteps:
-            raise ValueError(f"sampler_steps ({self.sampler_steps}) exceeds timesteps ({self.timesteps})")
+        check_sampler_steps(self.sampler_steps, self.timesteps)
         if self.gem == "rule" and self.gem_width is not None:
             raise ValueError("gem_width sets the attention MLP of gem 'model'; the rule-based GEM has none")
         return self
@@ -94,7 +94,7 @@ def sampled_softmax_ce(query: torch.Tensor, table: torch.Tensor, target: torch.T
     ``table`` [n + 1, d] (row 0 padding), ``target`` [B] in 1..n, ``negatives`` [k] items shared by the rows
     (a negative equal to a row's target is left out of that row), or None for all items (full softmax)."""
     if negatives is None:
-        return F.cross_entropy(query @ table[1:].T, target - 1)
+        return softmax_cross_entropy(query, table, target)
     pos = (query * table[target]).sum(-1, keepdim=True)
     neg = (query @ table[negatives].T).masked_fill(negatives[None, :] == target[:, None], float("-inf"))
     return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()

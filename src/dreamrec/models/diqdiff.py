@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dreamrec.models.base import ModelConfig
-from dreamrec.models.dreamrec import DreamRec, DreamRecConfig
+from dreamrec.models.dreamrec import DreamRec, DreamRecConfig, history_mean
 
 
 class DiQDiffConfig(DreamRecConfig):
@@ -84,9 +84,7 @@ class DiQDiff(DreamRec):
     def code_weights(self, history: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """``[B, M]`` one-hot code choice per history: Gumbel softmax (straight-through) in training,
         the argmax of ``o = f_phi(s)`` in evaluation."""
-        valid = (history > 0).unsqueeze(-1).to(s.dtype)
-        pooled = (s * valid).sum(1) / valid.sum(1).clamp_min(1.0)
-        o = self.code_selector(pooled)
+        o = self.code_selector(history_mean(history, s)[:, -1])
         if self.training:
             return F.gumbel_softmax(o, tau=self.config.code_temperature, hard=True)
         return F.one_hot(o.argmax(-1), self.config.n_codes).to(s.dtype)
