@@ -24,7 +24,8 @@ pack() {
   for d in runs/bench/runs/*/diffurec*/seed0; do
     [ -f "$d/model.safetensors" ] && extra+=("$d/model.safetensors" "$d/config.yaml" "$d/log.jsonl" "$d/run.json" "$d/items.parquet")
   done
-  tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs 2>/dev/null
+  # the epoch logs of runs kept under runs/gpu (small), beside the seed results and the queue logs
+  tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs $(ls runs/gpu/*/runs/*/*/seed*/log.jsonl 2>/dev/null) 2>/dev/null
   [ ${#extra[@]} -gt 0 ] && tar czf "$OUT/weights.tgz" "${extra[@]}" 2>/dev/null
   ls -la "$OUT"
 }
@@ -53,6 +54,7 @@ case "$1" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'pydantic', pydantic.VERSION)" || exit 1
+    python3 -c "import numpy, pandas, pyarrow, yaml, typer, tqdm, safetensors, dreamrec.cli; print('imports ok')" || exit 1
     # MPS lets the workers' small kernels share the GPU instead of time-slicing whole contexts; off if it fails
     if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
