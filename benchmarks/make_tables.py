@@ -47,7 +47,8 @@ DIFFUREC_SWEEP_RUNS = {
               "+ cross-attention + offset 30, both still improving; `experiments/diffurec/NOTES.md`)",
     "ml-1m": "The run is DiffuRec seed 0 of session 6, trained on a shared H100 (bf16) for 6 epochs within a "
              "20-minute budget and still improving; the table's 3-seed row was trained in session 19 with an "
-             "11-minute budget (8 epochs beside 8 other jobs; seed 0: test HR@20 21.85 %). Its weights were swept here on the CPU in float32, "
+             "11-minute budget (8 epochs beside 8 other jobs; seed 0: test HR@20 21.85 %). Its weights were swept "
+             "here on the CPU in float32, "
              "where DDPM-32 gives test HR@20 25.93 % against 25.96 % on the GPU (`experiments/diffurec/NOTES.md`)",
 }
 
