@@ -7,6 +7,7 @@ from dreamrec.errors import ConfigError
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.models.caser import Caser
 from dreamrec.models.cl4srec import CL4SRec
+from dreamrec.models.ddrm import DDRM
 from dreamrec.models.diffrec import DiffRec
 from dreamrec.models.diffrec2 import DiffRec2
 from dreamrec.models.diffurec import DiffuRec
@@ -19,7 +20,7 @@ from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec, DiQDiff, DimeRec, DiffRec2)
+    cls.name: cls for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec, DiQDiff, DimeRec, DiffRec2, DDRM)
 }
 
 
