@@ -50,6 +50,11 @@ def _fail(e: Exception) -> None:
 GUIDANCE_W_OPTION = typer.Option(
     None, "--guidance-w", help="DreamRec / iDreamRec: classifier-free guidance strength w at inference (default: the run's)."
 )
+NEW_ITEM_OFFSET_OPTION = typer.Option(
+    None, "--new-item-offset",
+    help="Rank items absent from the training data by their standardised new-item score plus this offset "
+    "(dreamrec.models.new_items; choose it on validation with benchmarks/new_item_offset.py). Default: the model's own ranking.",
+)
 CORRECTION_SCALE_OPTION = typer.Option(
     None, "--correction-scale", help="DreamRec with a residual denoiser: generate with c + s (f - c) (default: the run's)."
 )
@@ -152,6 +157,7 @@ def evaluate(
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
     by_frequency: bool = typer.Option(False, help="Also report the metrics by bucket of the target's number of occurrences in the training data (bucket 0: items never seen in training)."),
     frequency_edges: str = typer.Option("0,1,6,21,51,101", help="Lower edges of those buckets, comma-separated, starting at 0."),
+    new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
 ) -> None:
     """Full-ranking HR@K, NDCG@K, MRR@K of a trained run on a split (every row counted)."""
     from dreamrec.data.dataset import PreparedDataset
@@ -176,7 +182,12 @@ def evaluate(
         ds = PreparedDataset.load(data_dir)
         run.check_dataset(ds, data_dir)
         rows = ds.split(split.value)
-        ranks = rank_targets(run.model, rows, batch_size=batch_size or run.config.train.eval_batch_size,
+        model = run.model
+        if new_item_offset is not None:
+            from dreamrec.models.new_items import NewItemScoring, new_item_mask
+
+            model = NewItemScoring(model, new_item_mask(ds), new_item_offset)
+        ranks = rank_targets(model, rows, batch_size=batch_size or run.config.train.eval_batch_size,
                              exclude_seen=exclude_seen, seed=run.config.train.seed)
         m = metrics_from_ranks(ranks)
         segments = (metrics_by_segment(ranks, frequency_buckets(ds.train_item_counts(), rows.target, edges), labels)
@@ -223,6 +234,7 @@ def recommend(
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
     guidance_w: Optional[float] = GUIDANCE_W_OPTION,
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
+    new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
 ) -> None:
     """Top-k items (original ids) with scores for one history or a JSONL batch.
 
@@ -233,7 +245,8 @@ def recommend(
         _fail(DreamrecError("give exactly one of --history or --input"))
     try:
         rec = Recommender.load(run_dir, sampler=sampler, steps=steps,
-                               sampler_options=_sampler_options(guidance_w, correction_scale))
+                               sampler_options=_sampler_options(guidance_w, correction_scale),
+                               new_item_offset=new_item_offset)
         if history is not None:
             r = rec.recommend(_parse_history(history), k=k, intent=intent, exclude_seen=exclude_seen)
             typer.echo(json.dumps(r.to_dict()))
@@ -300,6 +313,7 @@ def serve(
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
     guidance_w: Optional[float] = GUIDANCE_W_OPTION,
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
+    new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
 ) -> None:
     """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs."""
     import os
@@ -308,11 +322,15 @@ def serve(
         import uvicorn
     except ImportError:
         _fail(DreamrecError("serving needs the 'serve' extra: pip install 'dreamrec[serve]'"))
+    from dreamrec.serve import Recommender
     from dreamrec.train.run import load_run
 
     options = _sampler_options(guidance_w, correction_scale)
-    try:
-        load_run(run_dir, sampler=sampler, steps=steps, sampler_options=options)  # fail fast, before any worker starts
+    try:  # fail fast, before any worker starts
+        if new_item_offset is None:
+            load_run(run_dir, sampler=sampler, steps=steps, sampler_options=options)
+        else:
+            Recommender.load(run_dir, sampler=sampler, steps=steps, sampler_options=options, new_item_offset=new_item_offset)
     except (DreamrecError, ValueError) as e:
         _fail(e)
     os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
@@ -321,6 +339,7 @@ def serve(
     os.environ["DREAMREC_STEPS"] = str(steps or "")
     os.environ["DREAMREC_SAMPLER_OPTIONS"] = json.dumps(options)
     os.environ["DREAMREC_MAX_BODY_BYTES"] = str(max_body_bytes)
+    os.environ["DREAMREC_NEW_ITEM_OFFSET"] = "" if new_item_offset is None else repr(new_item_offset)
     if threads:
         os.environ["DREAMREC_THREADS"] = str(threads)
     uvicorn.run(

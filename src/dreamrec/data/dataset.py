@@ -176,6 +176,16 @@ class PreparedDataset:
         src = self.train.target if isinstance(self.train, SampleRows) else self.train.items
         return np.bincount(src, minlength=self.n_items + 1).astype(np.int64)
 
+    def train_items_seen(self) -> np.ndarray:
+        """Boolean mask per internal id (index 0 = padding, False): the item occurs somewhere in the
+        training data, as a target or in a history (:class:`SampleRows`) or in a sequence."""
+        src = [self.train.target, self.train.history.ravel()] if isinstance(self.train, SampleRows) else [self.train.items]
+        seen = np.zeros(self.n_items + 1, dtype=bool)
+        for a in src:
+            seen[a] = True
+        seen[0] = False
+        return seen
+
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the dataset directory atomically (a temp dir renamed into place)."""

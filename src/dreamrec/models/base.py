@@ -87,6 +87,11 @@ class SequentialRecommender(nn.Module):
         """[B, L] history -> [B, n_items] scores of internal items 1..n_items."""
         return self.query(history) @ self.item_embeddings()[1:].T
 
+    def new_item_scores(self, history: torch.Tensor) -> torch.Tensor | None:
+        """[B, n_items] scores for items absent from the training data (see
+        :mod:`dreamrec.models.new_items`), or None: the same as :meth:`score`."""
+        return None
+
     def ranks_by_query(self) -> bool:
         """True when :meth:`score` is ``query @ item_embeddings()[1:].T``, so a retrieval index
         over the item table ranks exactly as :meth:`score`; False for models that score items

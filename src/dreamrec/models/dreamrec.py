@@ -464,6 +464,14 @@ class DreamRec(SequentialRecommender):
         logits = q @ self.item_embeddings()[1:].T / self.config.ce_temperature
         return mixture_log_probs(logits.view(K, B, -1))
 
+    def new_item_scores(self, history: torch.Tensor) -> torch.Tensor | None:
+        """With a residual denoiser, ``c E^T``: the guidance alone, without the learned correction, which
+        is fitted to training targets and so knows nothing of items absent from training
+        (:mod:`dreamrec.models.new_items`); otherwise None (the oracle's scores)."""
+        if not self.config.denoiser_residual:
+            return None
+        return self.guidance(history[:, -self.max_len :]) @ self.item_embeddings()[1:].T
+
     def ranks_by_query(self) -> bool:
         return self.config.draws == 1  # a K-draw mixture is not one inner product: no retrieval index
 

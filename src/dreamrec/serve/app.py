@@ -240,7 +240,7 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` (multi-worker serving): reads ``DREAMREC_RUN_DIR``
     and optionally ``DREAMREC_MAX_BODY_BYTES``, ``DREAMREC_INDEX`` (exact/faiss), ``DREAMREC_THREADS``,
-    ``DREAMREC_SAMPLER``, ``DREAMREC_STEPS`` and ``DREAMREC_SAMPLER_OPTIONS`` (a JSON object of further
+    ``DREAMREC_SAMPLER``, ``DREAMREC_STEPS``, ``DREAMREC_NEW_ITEM_OFFSET`` and ``DREAMREC_SAMPLER_OPTIONS`` (a JSON object of further
     ``set_sampler`` options, e.g. ``{"correction_scale": 8}``)."""
     import os
 
@@ -256,5 +256,6 @@ def app_from_env() -> FastAPI:
         sampler=os.environ.get("DREAMREC_SAMPLER") or None,
         steps=int(steps) if steps else None,
         sampler_options=json.loads(os.environ.get("DREAMREC_SAMPLER_OPTIONS") or "{}"),
+        new_item_offset=float(offset) if (offset := os.environ.get("DREAMREC_NEW_ITEM_OFFSET")) else None,
     )
     return create_app(rec, max_body_bytes=int(os.environ.get("DREAMREC_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))

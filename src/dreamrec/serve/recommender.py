@@ -84,6 +84,8 @@ class Recommender:
         sampler: str | None = None,
         steps: int | None = None,
         sampler_options: dict[str, Any] | None = None,
+        new_item_offset: float | None = None,
+        new_items: Sequence[Any] | None = None,
     ):
         self.run = load_run(run_dir, device, sampler=sampler, steps=steps, sampler_options=sampler_options)
         self.device = device
@@ -96,11 +98,39 @@ class Recommender:
         self._index = {k: i + 1 for i, k in enumerate(ids)}
         self._ids = np.asarray([_py(v) for v in ids], dtype=object)
         self._lock = threading.Lock()
+        if new_item_offset is not None:  # ranks through score(): no retrieval index
+            self.model = self._new_item_scoring(new_item_offset, new_items)
+        elif new_items is not None:
+            raise ValueError("new_items is only used with new_item_offset")
         self.retrieval: ItemIndex | None = None
         if self.model.ranks_by_query():
             with torch.no_grad():
                 table = self.model.item_embeddings()[1:].detach().float().contiguous()
             self.retrieval = build_index(table, index, **(index_options or {}))
+
+    def _new_item_scoring(self, beta: float, new_items: Sequence[Any] | None) -> torch.nn.Module:
+        """The model under the new-item policy (:mod:`dreamrec.models.new_items`). The new items are
+        ``new_items`` (original ids), or by default the catalog items absent from the run's training data."""
+        from dreamrec.data.dataset import PreparedDataset
+        from dreamrec.models.new_items import NewItemScoring, new_item_mask
+
+        if self.supports_intent:
+            raise ValueError(f"new_item_offset is not available for the intent-aware model {self.model_name!r}")
+        if new_items is not None:
+            unknown = [v for v in new_items if self.lookup(v) is None]
+            if unknown:
+                raise ValueError(f"new_items not in the catalog: {unknown[:10]}")
+            mask = np.zeros(self.n_items + 1, dtype=bool)
+            mask[[self.lookup(v) for v in new_items]] = True
+        else:
+            data_dir = self.run.info.get("data_dir")
+            if not data_dir or not Path(data_dir).exists():
+                raise ValueError(f"new_item_offset: the run's training data ({data_dir!r}) is not here to tell which "
+                                 "items are new; pass new_items (original ids) instead")
+            ds = PreparedDataset.load(data_dir)
+            self.run.check_dataset(ds, data_dir)
+            mask = new_item_mask(ds)
+        return NewItemScoring(self.model, mask, beta)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu", **kwargs: Any) -> "Recommender":
