@@ -376,6 +376,50 @@ def info(data: Path = typer.Argument(..., help="A prepared dataset directory."))
     typer.echo(json.dumps({**ds.summary(), "info": ds.info}, indent=2, default=str))
 
 
+@app.command()
+def augment(
+    data: Path = typer.Argument(..., help="A prepared dataset directory (from `dreamrec prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the augmented prepared dataset to."),
+    method: str = typer.Option("diffuasr", "--method", help="Augmentation method (diffuasr: Liu et al., CIKM 2023)."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="DiffuASR setting key=value (M=10, d=64, epochs=50, augment_below=20, seed=0, ...; see "
+        "dreamrec.augment.DiffuASRConfig). Repeatable."
+    ),
+) -> None:
+    """Fit a generator on DATA's training split and write a copy whose training sequences get generated
+    pre-order items (validation and test unchanged); then `dreamrec train --data OUT` as usual."""
+    from dreamrec.augment import augment_dataset, diffuasr_config, train_diffuasr
+    from dreamrec.config import parse_value
+    from dreamrec.data.dataset import PreparedDataset
+    from dreamrec.errors import ConfigError
+
+    try:
+        if method != "diffuasr":
+            raise ConfigError(f"unknown augmentation method {method!r}; expected diffuasr")
+        if out.resolve() == data.resolve():
+            raise ConfigError("--out must differ from DATA: the original dataset is kept")
+        settings: dict[str, Any] = {}
+        for item in set_ or []:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            settings[key.strip()] = parse_value(value)
+        cfg = diffuasr_config(settings)
+        ds = PreparedDataset.load(data)
+        t = time.time()
+        generator = train_diffuasr(ds, cfg, log=_echo)
+        augmented = augment_dataset(ds, generator, cfg)
+        augmented.save(out)
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+    entry = augmented.info["augmentation"][-1]
+    _echo(f"diffuasr: prepended {cfg.M} generated items to {entry['n_augmented']} of {entry['n_train']} training "
+          f"{'sequences' if entry['train_kind'] == 'sequences' else 'rows'} ({time.time() - t:.0f} s); "
+          f"validation and test unchanged")
+    typer.echo(json.dumps({"out": str(out), "method": method, "n_augmented": entry["n_augmented"],
+                           "n_train": entry["n_train"], "M": cfg.M, **augmented.summary()}))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
