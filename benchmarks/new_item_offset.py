@@ -3,7 +3,7 @@ offset ``beta`` chosen on validation for each group, then compared on test.
 
     python benchmarks/new_item_offset.py --data DATA_DIR --group LABEL RUN [RUN ...] [--group LABEL RUN ...]
         (a RUN may be a quoted glob pattern, e.g. 'runs/zhihu/sasrec/seed*')
-        [--betas -3 -2.5 ... 1] [--metric HR@20] [--name NAME] [--threads 1] [--out DIR]
+        [--betas -3.5 -3.25 ... 4] [--metric HR@20] [--name NAME] [--threads 1] [--out DIR]
 
 Items that occur nowhere in the training data get their standardised new-item score plus ``beta``; every
 other item keeps its standardised score. Every run is evaluated as training evaluated it (its own seed,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True, help="the prepared dataset the runs were trained on")
     p.add_argument("--group", nargs="+", action="append", required=True, metavar="LABEL RUN",
                    help="a label, then that group's finished run directories")
-    p.add_argument("--betas", nargs="+", type=float, default=[x / 4 for x in range(-14, 5)])
+    p.add_argument("--betas", nargs="+", type=float, default=[x / 4 for x in range(-14, 17)], help="offsets to try (default -3.5 to 4 by 0.25)")
     p.add_argument("--metric", default="HR@20", choices=METRICS, help="validation metric that chooses beta")
     p.add_argument("--name", default="new-items")
     p.add_argument("--threads", type=int, default=1)
@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         runs = [sweep_run(r, ds, new, betas) for r in run_dirs]
         summary = summarise(runs)
         chosen = max(summary, key=lambda b: summary[b]["val"][args.metric]["mean"])
-        groups[name] = {"chosen": chosen, "summary": summary, "runs": runs}
+        edge = chosen in (label(betas[0]), label(betas[-1])) and len(betas) > 1
+        if edge:
+            print(f"warning: {name} chose beta = {chosen}, the edge of --betas; widen the grid", flush=True)
+        groups[name] = {"chosen": chosen, "at_grid_edge": edge, "summary": summary, "runs": runs}
     first = names[0]
     comparisons = []
     for other in names[1:]:

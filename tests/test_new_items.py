@@ -164,6 +164,7 @@ def test_cli_and_benchmark_choose_on_validation(tmp_path, with_new_items):
     assert list(g["summary"]) == ["off", "-1", "0", "1"]
     best = max(g["summary"], key=lambda b: g["summary"][b]["val"]["HR@20"]["mean"])
     assert g["chosen"] == best  # validation, never test, chooses
+    assert g["at_grid_edge"] == (best in ("-1", "1"))
     own = json.loads((runs[0] / "metrics.json").read_text())
     assert g["runs"][0]["points"]["off"]["test"]["HR@20"] == pytest.approx(own["test"]["HR@20"])
     assert result["new_target_share"]["val"] == 0.0 and result["new_target_share"]["test"] > 0
