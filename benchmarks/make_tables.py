@@ -216,7 +216,29 @@ def segments_section(results: Path = RESULTS) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def new_items_section(results: Path = RESULTS) -> str:
+    """One block per ``new_items/*.json`` (benchmarks/new_item_offset.py): the plot and the table."""
+    from new_item_offset import markdown
+
+    lines: list[str] = []
+    for path in sorted((results / "new_items").glob("*.json")):
+        rec = json.loads(path.read_text())
+        share = rec["new_target_share"]
+        lines += [f"## {rec['name']}: items absent from training scored by the new-item policy", "",
+                  f"![HR@20 against the new-item offset](results/new_items/{path.stem}.png)", "",
+                  f"The {rec['n_new_items']} items that occur nowhere in the training data (the targets of "
+                  f"{100 * share['val']:.1f} % of validation and {100 * share['test']:.1f} % of test rows) are ranked "
+                  f"by their standardised new-item score plus an offset beta (`dreamrec.models.new_items`); each "
+                  f"group takes the beta (or `off`) with the best {rec['chosen_on']}, and test never enters the "
+                  f"choice. Percent, mean ± std over the runs.", "",
+                  markdown(rec), "",
+                  f"Data: `results/new_items/{path.name}`; command: `{rec['command']}` ({rec['date']}, {rec['machine']}).",
+                  ""]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 if __name__ == "__main__":
     write_tables(RESULTS, ROOT / "README.md",
-                 HEADER + dreamrec_section() + idreamrec_section() + curves_section() + segments_section())
+                 HEADER + dreamrec_section() + idreamrec_section() + curves_section() + segments_section()
+                 + new_items_section())
     print(f"wrote {ROOT / 'README.md'}")
