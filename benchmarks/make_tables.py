@@ -172,12 +172,19 @@ def idreamrec_section(results: Path = RESULTS) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def per_result(results: Path, sub: str, block) -> str:
+    """The blocks ``block(path, rec)`` (a list of lines) of each ``results/sub/*.json``, in name order."""
+    lines: list[str] = []
+    for path in sorted((results / sub).glob("*.json")):
+        lines += block(path, json.loads(path.read_text()))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def curves_section(results: Path = RESULTS) -> str:
     """One block per ``training_curves/*.json`` (benchmarks/training_curves.py): the plot, and each run's
     last epoch, selected epoch and its test value."""
-    lines: list[str] = []
-    for path in sorted((results / "training_curves").glob("*.json")):
-        rec = json.loads(path.read_text())
+    def block(path: Path, rec: dict) -> list[str]:
+        lines: list[str] = []
         metric = rec["metric"]
         lines += [f"## {rec['name']}: validation curves", "",
                   f"![validation {metric} by epoch](results/training_curves/{path.stem}.png)", "",
@@ -192,16 +199,17 @@ def curves_section(results: Path = RESULTS) -> str:
         lines += ["", f"Published test numbers, for scale: {published or 'none given'}. Data: "
                   f"`results/training_curves/{path.name}`; command: `{rec['command']}` ({rec['date']}, plotted on "
                   f"{rec['plotted_on']}; each run trained where its label says).", ""]
-    return "\n".join(lines) + ("\n" if lines else "")
+        return lines
+
+    return per_result(results, "training_curves", block)
 
 
 def segments_section(results: Path = RESULTS) -> str:
     """One block per ``segments/*.json`` (benchmarks/compare_segments.py): the plot and the tables."""
     from compare_segments import markdown
 
-    lines: list[str] = []
-    for path in sorted((results / "segments").glob("*.json")):
-        rec = json.loads(path.read_text())
+    def block(path: Path, rec: dict) -> list[str]:
+        lines: list[str] = []
         (la, ra), (lb, rb) = rec["runs"].items()
         lines += [f"## {rec['name']}: HR@{rec['k']} by how often the target occurs in training", "",
                   f"![HR@{rec['k']} by target frequency](results/segments/{path.stem}.png)", "",
@@ -213,16 +221,17 @@ def segments_section(results: Path = RESULTS) -> str:
                   markdown(rec),
                   f"Data: `results/segments/{path.name}`; command: `{rec['command']}` ({rec['date']}, {rec['machine']}).",
                   ""]
-    return "\n".join(lines) + ("\n" if lines else "")
+        return lines
+
+    return per_result(results, "segments", block)
 
 
 def new_items_section(results: Path = RESULTS) -> str:
     """One block per ``new_items/*.json`` (benchmarks/new_item_offset.py): the plot and the table."""
     from new_item_offset import markdown
 
-    lines: list[str] = []
-    for path in sorted((results / "new_items").glob("*.json")):
-        rec = json.loads(path.read_text())
+    def block(path: Path, rec: dict) -> list[str]:
+        lines: list[str] = []
         share = rec["new_target_share"]
         lines += [f"## {rec['name']}: items absent from training scored by the new-item policy", "",
                   f"![HR@20 against the new-item offset](results/new_items/{path.stem}.png)", "",
@@ -234,7 +243,9 @@ def new_items_section(results: Path = RESULTS) -> str:
                   markdown(rec), "",
                   f"Data: `results/new_items/{path.name}`; command: `{rec['command']}` ({rec['date']}, {rec['machine']}).",
                   ""]
-    return "\n".join(lines) + ("\n" if lines else "")
+        return lines
+
+    return per_result(results, "new_items", block)
 
 
 if __name__ == "__main__":
