@@ -3,10 +3,13 @@ offset ``beta`` chosen on validation for each group, then compared on test.
 
     python benchmarks/new_item_offset.py --data DATA_DIR --group LABEL RUN [RUN ...] [--group LABEL RUN ...]
         (a RUN may be a quoted glob pattern, e.g. 'runs/zhihu/sasrec/seed*')
-        [--betas -3.5 -3.25 ... 4] [--metric HR@20] [--name NAME] [--threads 1] [--out DIR]
+        [--own-group LABEL RUN ...] [--betas -3.5 -3.25 ... 4] [--metric HR@20] [--name NAME] [--threads 1]
+        [--out DIR]
 
 Items that occur nowhere in the training data get their standardised new-item score plus ``beta``; every
-other item keeps its standardised score. Every run is evaluated as training evaluated it (its own seed,
+other item keeps its standardised score. An ``--own-group`` shifts the model's own standardised scores of
+new items instead (``own_scores``: the ablation of the new-item score; the same as ``--group`` for a model
+without new-item scores). Every run is evaluated as training evaluated it (its own seed,
 eval mode, full ranking, every row counted) on validation and test, at ``beta = off`` (the model's own
 ranking) and at every ``--betas`` value. Each group takes the point (``off`` included) with the best mean
 validation ``--metric`` over its runs; test never enters the choice. The report gives each group's chosen
@@ -43,7 +46,8 @@ METRICS = ("HR@20", "NDCG@20")
 OFF = "off"
 
 
-def sweep_run(run_dir: str, ds: PreparedDataset, new: np.ndarray, betas: list[float]) -> dict[str, Any]:
+def sweep_run(run_dir: str, ds: PreparedDataset, new: np.ndarray, betas: list[float],
+              own_scores: bool = False) -> dict[str, Any]:
     """``{"run", "seed", "points": {beta label: {split: {metric: value}, split + "_new": HR@20 on new targets}}}``."""
     run = load_run(run_dir)
     run.check_dataset(ds, "--data")
@@ -52,7 +56,7 @@ def sweep_run(run_dir: str, ds: PreparedDataset, new: np.ndarray, betas: list[fl
     for split in ("val", "test"):
         rows = ds.split(split)
         ranks = ranks_by_offset(run.model, rows, new, [None, *betas], max_len=int(run.info["max_len"]), seed=seed,
-                                batch_size=run.config.train.eval_batch_size)
+                                batch_size=run.config.train.eval_batch_size, own_scores=own_scores)
         new_target = new[rows.target]
         for b, r in ranks.items():
             m = metrics_from_ranks(r)
@@ -122,7 +126,8 @@ def markdown(result: dict[str, Any]) -> str:
         c, off = g["summary"][g["chosen"]], g["summary"][OFF]
         hit = [r["points"][g["chosen"]]["test_new_targets"] for r in g["runs"]]
         hit_s = "—" if any(h is None for h in hit) else f"{100 * float(np.mean(hit)):.1f} %"
-        lines.append(f"| {name} | {len(g['runs'])} | {g['chosen']} | {100 * c['val']['HR@20']['mean']:.2f} | "
+        shown = f"{name} (own scores shifted)" if g.get("own_scores") else name
+        lines.append(f"| {shown} | {len(g['runs'])} | {g['chosen']} | {100 * c['val']['HR@20']['mean']:.2f} | "
                      f"{100 * c['test']['HR@20']['mean']:.2f} ± {100 * c['test']['HR@20']['std']:.2f} | "
                      f"{100 * c['test']['NDCG@20']['mean']:.2f} ± {100 * c['test']['NDCG@20']['std']:.2f} | "
                      f"{100 * off['test']['HR@20']['mean']:.2f} ± {100 * off['test']['HR@20']['std']:.2f} | {hit_s} |")
@@ -138,33 +143,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True, help="the prepared dataset the runs were trained on")
     p.add_argument("--group", nargs="+", action="append", required=True, metavar="LABEL RUN",
                    help="a label, then that group's finished run directories")
+    p.add_argument("--own-group", nargs="+", action="append", default=[], metavar="LABEL RUN",
+                   help="as --group, with new items scored by the model's own scores shifted (after the --groups)")
     p.add_argument("--betas", nargs="+", type=float, default=[x / 4 for x in range(-14, 17)], help="offsets to try (default -3.5 to 4 by 0.25)")
     p.add_argument("--metric", default="HR@20", choices=METRICS, help="validation metric that chooses beta")
     p.add_argument("--name", default="new-items")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
-    if any(len(g) < 2 for g in args.group):
-        p.error("each --group needs a label and at least one run")
-    names = [g[0] for g in args.group]
+    specs = [(g, False) for g in args.group] + [(g, True) for g in args.own_group]
+    if any(len(g) < 2 for g, _ in specs):
+        p.error("each --group and --own-group needs a label and at least one run")
+    names = [g[0] for g, _ in specs]
     if len(set(names)) != len(names):
         p.error(f"group labels must differ, got {names}")
     if any(not np.isfinite(b) for b in args.betas):
         p.error("--betas must be finite numbers (the policy off is always evaluated)")
     betas = sorted(set(args.betas))
-    groups_runs = {g[0]: expand_runs(g[1:], p) for g in args.group}
+    groups_runs = {g[0]: (expand_runs(g[1:], p), own) for g, own in specs}
     torch.set_num_threads(args.threads)
     ds = PreparedDataset.load(args.data)
     new = new_item_mask(ds)
     groups: dict[str, Any] = {}
-    for name, run_dirs in groups_runs.items():
-        runs = [sweep_run(r, ds, new, betas) for r in run_dirs]
+    for name, (run_dirs, own) in groups_runs.items():
+        runs = [sweep_run(r, ds, new, betas, own) for r in run_dirs]
         summary = summarise(runs)
         chosen = max(summary, key=lambda b: summary[b]["val"][args.metric]["mean"])
         edge = chosen in (label(betas[0]), label(betas[-1])) and len(betas) > 1
         if edge:
             print(f"warning: {name} chose beta = {chosen}, the edge of --betas; widen the grid", flush=True)
-        groups[name] = {"chosen": chosen, "at_grid_edge": edge, "summary": summary, "runs": runs}
+        groups[name] = {"chosen": chosen, "at_grid_edge": edge, "own_scores": own, "summary": summary, "runs": runs}
     first = names[0]
     comparisons = []
     for other in names[1:]:

@@ -78,6 +78,9 @@ def test_standardised_scores_and_offset_by_hand():
     out = NewItemScoring(m, new, 0.5).score(torch.zeros(1, 3, dtype=torch.long))
     expect = torch.tensor([[-2 / sd, -1.5 / sd2 + 0.5, 0.0, -0.5 / sd2 + 0.5]])
     assert torch.allclose(out, expect)
+    # own_scores ignores s': the model's own standardised scores of new items, shifted
+    out = NewItemScoring(m, new, 0.5, own_scores=True).score(torch.zeros(1, 3, dtype=torch.long))
+    assert torch.allclose(out, torch.tensor([[-2 / sd, -1 / sd + 0.5, 0.0, 3 / sd + 0.5]]))
     # no new-item scores: the model's own standardised scores, shifted
     out = NewItemScoring(Fixed(s), new, -1.0).score(torch.zeros(1, 3, dtype=torch.long))
     assert torch.allclose(out, torch.tensor([[-2 / sd, -1 / sd - 1, 0.0, 3 / sd - 1]]))
@@ -111,9 +114,14 @@ def test_sweep_equals_the_wrapper_under_evaluation(tmp_path, with_new_items, nam
     model = load_run(tmp_path / "run").model
     betas = [None, -1.0, 0.0, 2.0]
     sweep = ranks_by_offset(model, ds.test, new, betas, seed=3, batch_size=50)
+    shifted = ranks_by_offset(model, ds.test, new, betas, seed=3, batch_size=50, own_scores=True)
     for b in betas:
         own = rank_targets(NewItemScoring(model, new, b), ds.test, seed=3, batch_size=50)
         assert np.array_equal(sweep[b], own), b
+        own = rank_targets(NewItemScoring(model, new, b, own_scores=True), ds.test, seed=3, batch_size=50)
+        assert np.array_equal(shifted[b], own), b
+    if name == "dreamrec":  # its new-item scores differ from its own: the two policies rank differently
+        assert not np.array_equal(sweep[2.0], shifted[2.0])
     assert np.array_equal(sweep[None], rank_targets(model, ds.test, seed=3, batch_size=50))
     new_rows = new[ds.test.target]
     assert new_rows.any()
@@ -157,7 +165,7 @@ def test_cli_and_benchmark_choose_on_validation(tmp_path, with_new_items):
     assert json.loads(res.output)["HR@20"] == pytest.approx(float((r < 20).mean()))
     out = tmp_path / "o"
     main(["--data", str(data), "--group", "a", str(tmp_path / "sasrec" / "seed*"), "--group", "b", str(runs[1]),
-          "--betas", "-1", "0", "1", "--name", "t", "--out", str(out)])
+          "--own-group", "c", str(runs[1]), "--betas", "-1", "0", "1", "--name", "t", "--out", str(out)])
     result = json.loads((out / "t.json").read_text())
     assert (out / "t.png").stat().st_size > 0 and (out / "t.md").exists()
     g = result["groups"]["a"]
@@ -165,6 +173,9 @@ def test_cli_and_benchmark_choose_on_validation(tmp_path, with_new_items):
     best = max(g["summary"], key=lambda b: g["summary"][b]["val"]["HR@20"]["mean"])
     assert g["chosen"] == best  # validation, never test, chooses
     assert g["at_grid_edge"] == (best in ("-1", "1"))
+    # SASRec has no new-item scores, so shifting its own scores is the same policy
+    assert result["groups"]["c"]["own_scores"] and result["groups"]["c"]["summary"] == result["groups"]["b"]["summary"]
+    assert "c (own scores shifted)" in (out / "t.md").read_text()
     own = json.loads((runs[0] / "metrics.json").read_text())
     assert g["runs"][0]["points"]["off"]["test"]["HR@20"] == pytest.approx(own["test"]["HR@20"])
     assert result["new_target_share"]["val"] == 0.0 and result["new_target_share"]["test"] > 0

@@ -16,7 +16,8 @@ Each row's scores are standardised over the catalog, ``z(s) = (s - mean(s)) / st
 ``beta`` row standard deviations). DreamRec with a residual denoiser returns ``c E^T``, the
 encoder's guidance against the item table without the learned correction ``f - c``: the correction
 is fitted to training targets, among which new items never are, so it carries no information about
-them. ``beta = -inf`` (or ``None``) leaves the model's ranking unchanged.
+them. ``beta = -inf`` (or ``None``) leaves the model's ranking unchanged. ``own_scores=True`` ignores
+``new_item_scores`` (the shift of the model's own scores, an ablation of the new-item score).
 """
 from __future__ import annotations
 
@@ -47,10 +48,12 @@ class NewItemScoring(nn.Module):
     """A trained model whose :meth:`score` applies the new-item policy above (for evaluation and serving).
 
     ``new_items``: boolean mask per internal id (index 0 = padding) of the items absent from training,
-    e.g. :func:`new_item_mask`; ``beta``: the offset of their standardised scores.
+    e.g. :func:`new_item_mask`; ``beta``: the offset of their standardised scores; ``own_scores``: shift the
+    model's own scores of new items even where it has new-item scores.
     """
 
-    def __init__(self, model: nn.Module, new_items: np.ndarray | torch.Tensor, beta: float | None):
+    def __init__(self, model: nn.Module, new_items: np.ndarray | torch.Tensor, beta: float | None,
+                 own_scores: bool = False):
         super().__init__()
         n_items = int(model.n_items)
         mask = torch.as_tensor(np.asarray(new_items), dtype=torch.bool)
@@ -64,6 +67,7 @@ class NewItemScoring(nn.Module):
         self.n_items = n_items
         self.max_len = model.max_len
         self.beta = None if beta is None or beta == float("-inf") else float(beta)
+        self.own_scores = bool(own_scores)
         self.register_buffer("new_columns", mask[1:].clone(), persistent=False)
 
     def ranks_by_query(self) -> bool:
@@ -75,7 +79,7 @@ class NewItemScoring(nn.Module):
             return s
         new = self.new_columns.to(s.device)
         z = standardise(s.float())
-        s_new = self.model.new_item_scores(history)
+        s_new = None if self.own_scores else self.model.new_item_scores(history)
         z_new = z if s_new is None else standardise(s_new.float())
         return torch.where(new[None, :], z_new + self.beta, z)
 
@@ -90,16 +94,17 @@ def ranks_by_offset(
     max_len: int | None = None,
     seed: int = 0,
     batch_size: int = 1024,
+    own_scores: bool = False,
 ) -> dict[float | None, np.ndarray]:
     """0-based target ranks of ``rows`` (:class:`~dreamrec.data.dataset.SampleRows`) under
     :class:`NewItemScoring` at every ``beta`` (None: the model's own ranking), computing the model's
     scores once per batch. Equal to ``rank_targets(NewItemScoring(model, new_items, beta), rows, ...)``
-    for each beta (tested)."""
+    for each beta and ``own_scores`` (tested)."""
     from dreamrec.data.batching import fit_width
     from dreamrec.eval.evaluate import model_device, seeded_rng
     from dreamrec.eval.metrics import target_ranks
 
-    wrapped = {b: NewItemScoring(model, new_items, b) for b in betas}  # validates every beta and the mask
+    wrapped = {b: NewItemScoring(model, new_items, b, own_scores) for b in betas}  # validates every beta and the mask
     device = model_device(model)
     history = fit_width(rows.history, max_len or model.max_len)
     out = {b: np.empty(len(rows), dtype=np.int64) for b in betas}
@@ -112,7 +117,7 @@ def ranks_by_offset(
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
                 raw = model.score(h)
                 z = standardise(raw.float())
-                s_new = model.new_item_scores(h)
+                s_new = None if own_scores else model.new_item_scores(h)
                 z_new = z if s_new is None else standardise(s_new.float())
                 for b, w in wrapped.items():
                     if w.beta is None:
