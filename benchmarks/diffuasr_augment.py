@@ -25,22 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, run_variant
 
 from dreamrec.augment import augment_dataset, diffuasr_config, train_diffuasr
-from dreamrec.config import parse_value
+from dreamrec.config import parse_settings
 from dreamrec.data.dataset import PreparedDataset
-from dreamrec.errors import ConfigError
 from dreamrec.eval.report import write_record
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
-
-
-def _settings(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--augment-set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value)
-    return out
 
 
 def augmented_data(data: Path, dataset_name: str, settings: dict[str, Any], work: Path) -> tuple[Path, str]:
@@ -71,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--results", type=Path, default=RESULTS, help="result JSON folder (default benchmarks/results)")
     args = ap.parse_args(argv)
 
-    aug_dir, digest = augmented_data(args.data, args.dataset, _settings(args.augment), args.work)
+    aug_dir, digest = augmented_data(args.data, args.dataset, parse_settings(args.augment, "--augment-set"), args.work)
     stem = args.config.stem
     common: dict[str, Any] = {"dataset_name": args.dataset, "config_path": args.config, "seeds": args.seeds,
                               "runs_dir": args.work / "runs", "results_dir": args.results, "overrides": args.overrides}

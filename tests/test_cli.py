@@ -101,6 +101,11 @@ def test_bad_input_is_a_clear_error(trained, tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     r = invoke("prepare", tmp_path / "bad.csv", "--format", "csv", "--out", tmp_path / "d")
     assert r.exit_code == 2 and "bad.csv" in r.output and "user_id" in r.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")  # prepare replaces --out wholesale: refused, nothing lost
+    r = invoke("prepare", tmp / "log.csv", "--format", "csv", "--out", tmp_path / "mine")
+    assert r.exit_code == 2 and "not a prepared dataset" in r.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"history": [1]}\nnot json\n')
     r = invoke("recommend", tmp / "run", "--input", bad)

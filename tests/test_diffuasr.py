@@ -207,8 +207,14 @@ def test_cli_augment_then_train(tmp_path, small_synthetic):
         assert r.exit_code == 2 and needle in r.output, r.output
     r = runner.invoke(app, ["augment", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "not a prepared dataset" in r.output
-    r = runner.invoke(app, ["augment", str(tmp_path / "data"), "--out", str(tmp_path / "data")])
-    assert r.exit_code == 2 and "--out must differ" in r.output
+    for out in (tmp_path / "data", tmp_path):  # the input itself, or a folder holding it
+        r = runner.invoke(app, ["augment", str(tmp_path / "data"), "--out", str(out)])
+        assert r.exit_code == 2 and "would replace the input" in r.output, r.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    r = runner.invoke(app, ["augment", str(tmp_path / "data"), "--out", str(tmp_path / "notes")])
+    assert r.exit_code == 2 and "not a prepared dataset" in r.output
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and PreparedDataset.load(tmp_path / "data")
 
 
 def test_benchmark_script(tmp_path, small_synthetic):

@@ -85,8 +85,11 @@ def test_standardised_scores_and_offset_by_hand():
     out = NewItemScoring(Fixed(s), new, -1.0).score(torch.zeros(1, 3, dtype=torch.long))
     assert torch.allclose(out, torch.tensor([[-2 / sd, -1 / sd - 1, 0.0, 3 / sd - 1]]))
     off = NewItemScoring(Fixed(s), new, None)
-    assert torch.equal(off.score(torch.zeros(1, 3, dtype=torch.long)), s) and off.ranks_by_query()
+    assert torch.equal(off.score(torch.zeros(1, 3, dtype=torch.long)), s) and not off.ranks_by_query()
     assert NewItemScoring(Fixed(s), new, float("-inf")).beta is None
+    inner = Fixed(s).eval()  # the wrapper keeps the wrapped model's mode, so evaluation leaves it in eval mode
+    wrapped = NewItemScoring(inner, new, 0.5)
+    assert not wrapped.training and not inner.training
     assert not NewItemScoring(Fixed(s), new, 0.0).ranks_by_query()
 
 
@@ -111,7 +114,7 @@ def test_sweep_equals_the_wrapper_under_evaluation(tmp_path, with_new_items, nam
     del run
     from dreamrec.train.run import load_run
 
-    model = load_run(tmp_path / "run").model
+    model = load_run(tmp_path / "run").model.eval()
     betas = [None, -1.0, 0.0, 2.0]
     sweep = ranks_by_offset(model, ds.test, new, betas, seed=3, batch_size=50)
     shifted = ranks_by_offset(model, ds.test, new, betas, seed=3, batch_size=50, own_scores=True)
@@ -120,6 +123,7 @@ def test_sweep_equals_the_wrapper_under_evaluation(tmp_path, with_new_items, nam
         assert np.array_equal(sweep[b], own), b
         own = rank_targets(NewItemScoring(model, new, b, own_scores=True), ds.test, seed=3, batch_size=50)
         assert np.array_equal(shifted[b], own), b
+    assert not model.training  # evaluating through the wrapper leaves the model in eval mode
     if name == "dreamrec":  # its new-item scores differ from its own: the two policies rank differently
         assert not np.array_equal(sweep[2.0], shifted[2.0])
     assert np.array_equal(sweep[None], rank_targets(model, ds.test, seed=3, batch_size=50))
@@ -213,6 +217,9 @@ def test_recommender_and_app_apply_the_policy(tmp_path, with_new_items, monkeypa
         Recommender.load(run, new_item_offset=0.0, new_items=["no-such-item"])
     with pytest.raises(ValueError, match="only used with new_item_offset"):
         Recommender.load(run, new_items=[ids[0]])
+    off = Recommender.load(run, new_item_offset=float("-inf"))  # the policy off: the model itself, retrieval kept
+    assert off.retrieval is not None and off.recommend(history, k=len(ids)).items == plain.items
+    assert not off.model.training
     r = CliRunner().invoke(app, ["recommend", str(run), "--history", ",".join(map(str, history)), "--k", str(len(cold)),
                                  "--new-item-offset", "100"])
     assert r.exit_code == 0, r.output

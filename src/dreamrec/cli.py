@@ -87,9 +87,11 @@ def prepare(
 ) -> None:
     """Read a log or a published split and write a prepared dataset directory (Parquet/NumPy + JSON)."""
     from dreamrec.config import PrepareConfig
+    from dreamrec.data.dataset import check_output_dir
     from dreamrec.data.prepare import prepare_source
 
     try:
+        check_output_dir(out, [source])
         cfg = PrepareConfig(
             protocol=protocol.value, min_item_count=min_item_count, min_seq_len=min_seq_len, max_len=max_len
         )
@@ -184,9 +186,12 @@ def evaluate(
         rows = ds.split(split.value)
         model = run.model
         if new_item_offset is not None:
-            from dreamrec.models.new_items import NewItemScoring, new_item_mask
+            from dreamrec.models.new_items import NewItemScoring, run_new_item_mask
 
-            model = NewItemScoring(model, new_item_mask(ds), new_item_offset)
+            if getattr(model, "supports_intent", False):
+                raise ValueError(f"--new-item-offset is not available for the intent-aware model {run.config.model!r}")
+            # the items new to the data the run trained on (an augmented copy may differ from --data)
+            model = NewItemScoring(model, run_new_item_mask(run, fallback=ds), new_item_offset)
         ranks = rank_targets(model, rows, batch_size=batch_size or run.config.train.eval_batch_size,
                              exclude_seen=exclude_seen, seed=run.config.train.seed)
         m = metrics_from_ranks(ranks)
@@ -195,7 +200,8 @@ def evaluate(
     except (DreamrecError, ValueError) as e:
         _fail(e)
     if json_out:
-        typer.echo(json.dumps({"split": split.value, **m, **({"by_frequency": segments} if segments else {})}))
+        extra = {"new_item_offset": new_item_offset} if new_item_offset is not None else {}
+        typer.echo(json.dumps({"split": split.value, **m, **extra, **({"by_frequency": segments} if segments else {})}))
         return
     ks = sorted({int(k.split("@")[1]) for k in m if "@" in k})
     typer.echo(f"{split.value}: n={m['n']}")
@@ -389,22 +395,15 @@ def augment(
     """Fit a generator on DATA's training split and write a copy whose training sequences get generated
     pre-order items (validation and test unchanged); then `dreamrec train --data OUT` as usual."""
     from dreamrec.augment import augment_dataset, diffuasr_config, train_diffuasr
-    from dreamrec.config import parse_value
-    from dreamrec.data.dataset import PreparedDataset
+    from dreamrec.config import parse_settings
+    from dreamrec.data.dataset import PreparedDataset, check_output_dir
     from dreamrec.errors import ConfigError
 
     try:
         if method != "diffuasr":
             raise ConfigError(f"unknown augmentation method {method!r}; expected diffuasr")
-        if out.resolve() == data.resolve():
-            raise ConfigError("--out must differ from DATA: the original dataset is kept")
-        settings: dict[str, Any] = {}
-        for item in set_ or []:
-            if "=" not in item:
-                raise ConfigError(f"--set expects key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            settings[key.strip()] = parse_value(value)
-        cfg = diffuasr_config(settings)
+        check_output_dir(out, [data])
+        cfg = diffuasr_config(parse_settings(set_ or []))
         ds = PreparedDataset.load(data)
         t = time.time()
         generator = train_diffuasr(ds, cfg, log=_echo)

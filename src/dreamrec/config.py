@@ -109,6 +109,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_settings(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """Flat ``key=value`` settings (values by :func:`parse_value`), e.g. DiffuASR's ``--set M=10``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides to a nested dict (new dict returned).
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from dreamrec.errors import ArtifactError
+from dreamrec.errors import ArtifactError, DataError
 
 SplitName = Literal["train", "val", "test"]
 FORMAT_VERSION = 1
@@ -295,6 +295,24 @@ def _load_rows(d: Path, name: str) -> SampleRows:
     return SampleRows(
         np.load(d / f"{name}_history.npy"), np.load(d / f"{name}_target.npy"), np.load(d / f"{name}_user.npy")
     )
+
+
+def check_output_dir(out: str | Path, keep: list[str | Path] | None = None) -> Path:
+    """``out`` as a place :meth:`PreparedDataset.save` may write: it replaces ``out`` wholesale, so refuse
+    an existing non-empty folder that is not a prepared dataset (no ``meta.json``), a file, and ``out`` equal
+    to or above any of ``keep`` (the inputs, which would be deleted with it)."""
+    out = Path(out)
+    resolved = out.resolve()
+    for k in keep or []:
+        k = Path(k).resolve()
+        if resolved == k or resolved in k.parents:
+            raise DataError(f"--out {out} would replace the input {k}; choose another folder")
+    if out.is_file():
+        raise DataError(f"--out {out} is a file, not a dataset folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise DataError(f"--out {out} is a non-empty folder that is not a prepared dataset; it would be replaced "
+                        "wholesale, so choose a new or empty folder")
+    return out
 
 
 def _rmtree(p: Path) -> None:

@@ -220,6 +220,7 @@ class DiffRec(SequentialRecommender):
             return
         if dataset.n_items != self.n_items:
             raise ValueError(f"dataset has {dataset.n_items} items, model was built for {self.n_items}")
+        # item_clusters' fixed seed 0: the clusters depend on the training data only, not on the run's seed
         labels = item_clusters(training_matrix(dataset.train, self.n_items, self.max_len), self.config.latent_clusters)
         self.vae.item_cluster.copy_(torch.from_numpy(labels))
 

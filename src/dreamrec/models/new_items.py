@@ -9,7 +9,8 @@ in every step and a positive in none), so where it ranks them is an accident of 
 :class:`NewItemScoring` makes the policy explicit, with one offset ``beta`` chosen on validation.
 Each row's scores are standardised over the catalog, ``z(s) = (s - mean(s)) / std(s)``, and
 
-* a seen item keeps ``z(s_i)``, ``s = model.score(history)``;
+* a seen item (one that occurs in training as a target or in a history, so its row was trained)
+  keeps ``z(s_i)``, ``s = model.score(history)``;
 * a new item gets ``z(s'_i) + beta``, ``s' = model.new_item_scores(history)``.
 
 ``new_item_scores`` defaults to ``score`` (it returns None; then ``beta`` is a shift of the new items' scores by
@@ -44,6 +45,25 @@ def new_item_mask(dataset: Any) -> np.ndarray:
     return new
 
 
+def run_new_item_mask(run: Any, fallback: Any = None) -> np.ndarray:
+    """:func:`new_item_mask` of the data ``run`` (a loaded run) was trained on, its recorded ``data_dir``:
+    a run trained on an augmented copy saw items that the original lacks. ``fallback`` (a dataset with the
+    run's catalog) stands in when that folder is not here; without one, a ValueError says so."""
+    from pathlib import Path
+
+    from dreamrec.data.dataset import PreparedDataset
+
+    data_dir = run.info.get("data_dir")
+    if data_dir and Path(data_dir).is_dir():
+        ds = PreparedDataset.load(data_dir)
+        run.check_dataset(ds, data_dir)
+        return new_item_mask(ds)
+    if fallback is not None:
+        return new_item_mask(fallback)
+    raise ValueError(f"new_item_offset: the run's training data ({data_dir!r}) is not here to tell which items "
+                     "are new; pass new_items (original ids) instead")
+
+
 class NewItemScoring(nn.Module):
     """A trained model whose :meth:`score` applies the new-item policy above (for evaluation and serving).
 
@@ -69,9 +89,10 @@ class NewItemScoring(nn.Module):
         self.beta = None if beta is None or beta == float("-inf") else float(beta)
         self.own_scores = bool(own_scores)
         self.register_buffer("new_columns", mask[1:].clone(), persistent=False)
+        self.train(model.training)  # a new Module starts in training mode; keep the wrapped model's
 
     def ranks_by_query(self) -> bool:
-        return self.beta is None and self.model.ranks_by_query()
+        return False  # ranks through score() (no query or item table of its own), even with the policy off
 
     def score(self, history: torch.Tensor) -> torch.Tensor:
         s = self.model.score(history)

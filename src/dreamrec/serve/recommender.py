@@ -111,8 +111,7 @@ class Recommender:
     def _new_item_scoring(self, beta: float, new_items: Sequence[Any] | None) -> torch.nn.Module:
         """The model under the new-item policy (:mod:`dreamrec.models.new_items`). The new items are
         ``new_items`` (original ids), or by default the catalog items absent from the run's training data."""
-        from dreamrec.data.dataset import PreparedDataset
-        from dreamrec.models.new_items import NewItemScoring, new_item_mask
+        from dreamrec.models.new_items import NewItemScoring, run_new_item_mask
 
         if self.supports_intent:
             raise ValueError(f"new_item_offset is not available for the intent-aware model {self.model_name!r}")
@@ -123,14 +122,9 @@ class Recommender:
             mask = np.zeros(self.n_items + 1, dtype=bool)
             mask[[self.lookup(v) for v in new_items]] = True
         else:
-            data_dir = self.run.info.get("data_dir")
-            if not data_dir or not Path(data_dir).exists():
-                raise ValueError(f"new_item_offset: the run's training data ({data_dir!r}) is not here to tell which "
-                                 "items are new; pass new_items (original ids) instead")
-            ds = PreparedDataset.load(data_dir)
-            self.run.check_dataset(ds, data_dir)
-            mask = new_item_mask(ds)
-        return NewItemScoring(self.model, mask, beta)
+            mask = run_new_item_mask(self.run)
+        wrapped = NewItemScoring(self.model, mask, beta)  # validates beta and the mask
+        return self.model if wrapped.beta is None else wrapped  # beta -inf: the policy off, the model itself
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu", **kwargs: Any) -> "Recommender":
