@@ -87,8 +87,10 @@ def run_variant(
     variant: str | None = None,
     progress: bool = False,
     reuse: list[tuple[Path, str]] | None = None,
+    write: bool = True,
 ) -> dict[str, Any]:
-    """Train ``config_path`` once per seed on ``data_dir`` and write the aggregated result JSON.
+    """Train ``config_path`` once per seed on ``data_dir`` and write the aggregated result JSON (unless
+    ``write`` is False: the record is only returned, and an existing aggregate over other seeds is kept).
 
     ``reuse``: (seeds folder, variant) pairs whose finished seeds may stand in for this variant's
     when their resolved config is the same (e.g. the search run of dreamrec_table1.py); a reused
@@ -150,7 +152,8 @@ def run_variant(
     # where each seed was trained (a cached seed may come from another machine, e.g. a GPU queue run)
     rec["machine"] = "; ".join(sorted({str(r["machine"]) for r in seed_runs if r["machine"]})) or rec["machine"]
     rec["seed_runs"] = seed_runs
-    write_record(rec, results_dir)
+    if write:
+        write_record(rec, results_dir)
     return rec
 
 

@@ -8,9 +8,10 @@ DiffuASR-augmented copy, with the same seeds and protocol (benchmarks/bench.py's
 The generator is fitted on the training split only and the augmented dataset written once to
 ``WORK/data/<dataset>-diffuasr-<digest>`` (``digest``: the DiffuASR settings and the source dataset's
 ``meta.json``) and reused by later calls; one augmented dataset serves every seed of the recommender
-(its own seed is ``augment-set seed=``). Both results land in ``--results`` as
-``<dataset>__<model>__<stem>.json`` and ``<dataset>__<model>__<stem>+diffuasr-<digest>.json``, the second
-with the augmentation's provenance; seeds are cached as for every benchmark (``results/seeds/``).
+(its own seed is ``augment-set seed=``). The result lands in ``--results`` as
+``<dataset>__<model>__<stem>+diffuasr-<digest>.json``, with the augmentation's provenance and the baseline's
+metrics over the same seeds (``baseline``); the baseline's own aggregate ``<dataset>__<model>__<stem>.json`` is
+left as it is (it may hold more seeds). Seeds are cached as for every benchmark (``results/seeds/``).
 """
 from __future__ import annotations
 
@@ -64,10 +65,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = args.config.stem
     common: dict[str, Any] = {"dataset_name": args.dataset, "config_path": args.config, "seeds": args.seeds,
                               "runs_dir": args.work / "runs", "results_dir": args.results, "overrides": args.overrides}
-    base = run_variant(data_dir=args.data, variant=stem, **common)
-    aug = run_variant(data_dir=aug_dir, variant=f"{stem}+diffuasr-{digest}", **common)
+    base = run_variant(data_dir=args.data, variant=stem, write=False, **common)
+    aug = run_variant(data_dir=aug_dir, variant=f"{stem}+diffuasr-{digest}", write=False, **common)
     aug["augmentation"] = PreparedDataset.load(aug_dir).info["augmentation"][-1]
     aug["augmented_data"] = str(aug_dir)
+    aug["baseline"] = {"variant": stem, "data": str(args.data), "seeds": base["seeds"], "metrics": base["metrics"]}
     write_record(aug, args.results)
     rows = {m: {"original": base["metrics"][m]["mean"], "diffuasr": aug["metrics"][m]["mean"]}
             for m in METRICS if m in base["metrics"]}

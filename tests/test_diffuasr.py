@@ -231,7 +231,8 @@ def test_benchmark_script(tmp_path, small_synthetic):
     res = main(argv)
     names = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
     digest = res["diffuasr"]["variant"].split("-")[-1]
-    assert names == ["tiny__sasrec__sasrec+diffuasr-" + digest + ".json", "tiny__sasrec__sasrec.json"]
+    assert names == ["tiny__sasrec__sasrec+diffuasr-" + digest + ".json"]  # the baseline's aggregate untouched
     rec = json.loads((tmp_path / "results" / names[0]).read_text())
+    assert rec["baseline"]["variant"] == "sasrec" and rec["baseline"]["metrics"] == res["original"]["metrics"]
     assert rec["augmentation"]["method"] == "diffuasr" and rec["metrics"]["n"]["mean"] == len(small_synthetic.dataset.test)
     assert set(res["comparison"]) == {"HR@10", "NDCG@10", "HR@20", "NDCG@20"}
