@@ -84,8 +84,8 @@ def dreamrec_section(results: Path = RESULTS) -> str:
         rec = json.loads(sweep.read_text())
         d = rec["default"]
         lines += ["## DreamRec samplers (Zhihu, the selected model, seed 0)", "",
-                  f"![accuracy vs sampler](results/dreamrec_sampling/zhihu_cost.png) "
-                  f"![accuracy vs w](results/dreamrec_sampling/zhihu_w.png)", "",
+                  "![accuracy vs sampler](results/dreamrec_sampling/zhihu_cost.png) "
+                  "![accuracy vs w](results/dreamrec_sampling/zhihu_w.png)", "",
                   f"Default sampler chosen on validation (cheapest within {100 * rec['tolerance']:g} % of the best "
                   f"validation HR@20): **{d['label']}** (val HR@20 {100 * d['val']['HR@20']:.2f} %, test "
                   f"{100 * d['test']['HR@20']:.2f} %). Data: `results/dreamrec_sampling/zhihu.json`; command: "
