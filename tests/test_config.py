@@ -24,3 +24,23 @@ def test_bad_config_is_clear(tmp_path):
         load_yaml(p)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_config_errors_are_one_line_with_the_field_value_and_nearest_key():
+    from dreamrec.models import build_model
+
+    cfg = build_run_config(apply_overrides({"model": "sasrec"}, ["lr=0.01"]))
+    with pytest.raises(ConfigError) as e:
+        build_model(cfg.model, 10, 5, cfg.params)
+    msg = str(e.value)
+    assert "\n" not in msg and "pydantic" not in msg
+    assert "lr=0.01" in msg and "did you mean train.lr?" in msg
+    with pytest.raises(ConfigError, match=r"hiden=3 \(did you mean hidden\?\)"):
+        build_model("sasrec", 10, 5, {"hiden": 3})
+    with pytest.raises(ConfigError, match=r"train.lrr=0.1 \(did you mean train.lr\?\)"):
+        build_run_config({"model": "sasrec", "train": {"lrr": 0.1}})
+    with pytest.raises(ConfigError) as e:
+        build_run_config({"model": "sasrec", "train": {"epochs": -1}}, "c.yaml")
+    assert str(e.value) == "c.yaml: train.epochs=-1: Input should be greater than or equal to 0"
+    with pytest.raises(ConfigError, match=r"^model 'sasrec': loss='foo': Input should be 'ce' or 'bce'$"):
+        build_model("sasrec", 10, 5, {"loss": "foo"})

@@ -1,6 +1,8 @@
 """Typed configuration (pydantic), loaded from YAML, with ``key=value`` overrides."""
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,8 +147,60 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def nearest_key(key: str, candidates: Iterable[str]) -> str | None:
+    """The valid key a mistyped ``key`` most likely meant: the same last segment in another section
+    (``lr`` -> ``train.lr``), else the closest spelling (``hiden`` -> ``hidden``), else None."""
+    candidates = [c for c in candidates if c != key]
+    last = key.rsplit(".", 1)[-1]
+    same_name = [c for c in candidates if c.rsplit(".", 1)[-1] == last]
+    if same_name:
+        return same_name[0]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:  # compare the last segments, e.g. train.lrate -> train.lr
+        by_last = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.6)]
+    return close[0] if close else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validation_message(err: ValidationError, source: str, *, prefix: str = "", keys: Iterable[str] = ()) -> str:
+    """One line for a pydantic error: each problem as ``field=value: what is wrong``, an unknown
+    field with the nearest valid key among ``keys`` (full dotted names); no pydantic URL."""
+    keys = list(keys)
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        field = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            hint = nearest_key(field, keys)
+            parts.append(f"unknown setting {field}={_short(value)}" + (f" (did you mean {hint}?)" if hint else ""))
+            continue
+        msg = str(e["msg"])
+        for lead in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(lead)
+        if not loc or e["type"] in ("value_error", "assertion_error") and isinstance(value, dict):
+            parts.append(f"{field + ': ' if field else ''}{msg}")  # a check across fields
+        elif e["type"] == "missing":
+            parts.append(f"{field} is required")
+        else:
+            parts.append(f"{field}={_short(value)}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def train_keys() -> list[str]:
+    """The dotted names of every trainer setting (``train.lr``, ...)."""
+    return [f"train.{name}" for name in TrainConfig.model_fields]
+
+
 def build_run_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig(**data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(
+            validation_message(e, source, keys=["model", "params", "train", *train_keys()])
+        ) from None

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
+from dreamrec.config import train_keys, validation_message
 from dreamrec.errors import ConfigError
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.models.caser import Caser
@@ -35,6 +38,8 @@ def build_model(name: str, n_items: int, max_len: int, params: dict[str, Any] | 
     cls = get_model_class(name)
     try:
         config = cls.Config(**(params or {}))
-    except Exception as e:  # pydantic.ValidationError
-        raise ConfigError(f"bad parameters for model {name!r}: {e}") from e
+    except ValidationError as e:
+        # model parameters are given bare (hidden=64) or as params.hidden; the trainer's as train.*
+        keys = [*cls.Config.model_fields, *train_keys()]
+        raise ConfigError(validation_message(e, f"model {name!r}", keys=keys)) from None
     return cls(n_items, max_len, config)
