@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # A CPU build of PyTorch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test bench-tables clean
+.PHONY: demo test smoke install install-test bench-tables clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,18 @@ demo: install
 test: install-test
 	$(PY) -m pytest -q
 
+# the newcomer's path in a clean environment with the core install alone (no extras): every model
+# prepared, trained, evaluated and asked for recommendations from the command line (.ci/smoke.py)
+CORE_VENV ?= .venv-core
+smoke:
+	rm -rf $(CORE_VENV)
+	$(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(CORE_VENV)/bin/python -m pip install -q .
+	$(CORE_VENV)/bin/python .ci/smoke.py $(CORE_VENV)/bin
+
 bench-tables: install
 	$(PY) benchmarks/make_tables.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(CORE_VENV) build *.egg-info src/*.egg-info

@@ -53,3 +53,12 @@ class ConfigError(DreamrecError):
 
 class ArtifactError(DreamrecError):
     """A run or dataset directory is missing files or is inconsistent."""
+
+
+class MissingExtraError(DreamrecError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, what: str, package: str, extra: str):
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{what} needs {package}, which is not installed: pip install 'dreamrec[{extra}]'")

@@ -13,12 +13,14 @@ import math
 import numpy as np
 import torch
 
+from dreamrec.errors import MissingExtraError
+
 
 def _faiss():  # imported lazily: faiss is an optional extra
     try:
         import faiss
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the FAISS index needs faiss-cpu: pip install 'dreamrec[faiss]'") from e
+        raise MissingExtraError("the FAISS index", "faiss-cpu", "faiss") from e
     return faiss
 
 

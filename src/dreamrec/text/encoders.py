@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from dreamrec.errors import MissingExtraError
+
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 KNOWN_DIMS = {"all-MiniLM-L6-v2": 384, "sentence-transformers/all-MiniLM-L6-v2": 384}
 _WORD = re.compile(r"[\w']+", re.UNICODE)
@@ -93,9 +95,9 @@ class SentenceTransformerEncoder:
         try:
             import sentence_transformers  # noqa: F401
         except ImportError as e:  # pragma: no cover - depends on the optional extra
-            raise ImportError(
-                f"text encoder {name!r} needs sentence-transformers: pip install 'dreamrec[text]' "
-                "(or use text_encoder: hashing for a dependency-free encoder)"
+            raise MissingExtraError(
+                f"text encoder {name!r} (or text_encoder: hashing:DIM, which needs nothing)",
+                "sentence-transformers", "text",
             ) from e
         self.name = name
         self.device = device
