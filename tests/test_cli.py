@@ -174,3 +174,20 @@ def test_sampler_options_from_the_command_line(trained, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     r = invoke("recommend", plain, "--history", hist, "--correction-scale", 2)
     assert r.exit_code == 2 and "needs denoiser_residual" in r.output
+
+
+def test_recommend_warns_when_no_history_id_is_in_the_catalog(trained):
+    """Ids the catalog does not know (a forgotten prefix, say) are not silently answered: a warning on
+    stderr names them and the answer given, and the answer is the popularity ranking, not all-zero scores."""
+    tmp, log = trained
+    r = runner.invoke(app, ["recommend", str(tmp / "run"), "--history", "1,2", "--k", "5"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["fallback"] == "popularity" and out["unknown"] == ["1", "2"]
+    assert len(set(out["scores"])) > 1 or out["scores"][0] > 0
+    assert "warning: none of the history's ids is in the catalog" in r.stderr and "popularity" in r.stderr
+    known = str(log["iid"].iloc[0])
+    r = runner.invoke(app, ["recommend", str(tmp / "run"), "--history", f"{known},nope", "--k", "5"])
+    assert r.exit_code == 0 and "ignored 1 id(s) not in the catalog: 'nope'" in r.stderr
+    r = runner.invoke(app, ["recommend", str(tmp / "run"), "--history", known, "--k", "5"])
+    assert r.exit_code == 0 and "warning" not in r.stderr

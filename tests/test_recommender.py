@@ -156,3 +156,30 @@ def test_mixture_dreamrec_serves_its_mixture_scores(tmp_path, small_synthetic):
     r = rec.recommend(ds.to_original(ds.test.history[0][ds.test.history[0] > 0]), k=5)
     assert list(r.items) == list(ds.to_original(s[0].topk(5).indices.numpy() + 1))
     assert np.allclose(r.scores, s[0].topk(5).values.numpy(), atol=1e-6)
+
+
+def test_empty_history_gets_a_learned_answer_or_the_popularity_ranking(tmp_path, small_synthetic):
+    """SASRec under leave-one-out never trains its empty-history query: the popularity ranking answers
+    (and says so); under the DreamRec protocol the first rows of every user train it: the model answers."""
+    from dreamrec.data.synthetic import SyntheticConfig, generate
+
+    ds = small_synthetic.dataset
+    rec = Recommender.load(_trained(tmp_path / "loo", ds))
+    counts = ds.train_item_counts()[1:]
+    for history in ([], ["no-such-item", "neither"]):
+        r = rec.recommend(history, k=10)
+        assert r.fallback == "popularity" and r.to_dict()["fallback"] == "popularity"
+        order = np.argsort(-counts, kind="stable")[:10]
+        assert r.items == list(ds.to_original(order + 1))
+        assert r.scores == [float(c) for c in counts[order]] and len(set(r.scores)) > 1
+    assert r.unknown == ["no-such-item", "neither"]
+    # a batch mixing both kinds answers each row as if alone
+    known = list(ds.to_original(ds.test.history[0][ds.test.history[0] > 0]))
+    batch = rec.recommend_batch([known, [], known], k=10)
+    assert batch[1].items == rec.recommend([], k=10).items and batch[0].fallback is None
+    assert batch[0].items == batch[2].items == rec.recommend(known, k=10).items
+
+    paired = generate(SyntheticConfig(n_users=200, n_items=60, n_topics=4, seed=3, protocol="dreamrec")).dataset
+    rec = Recommender.load(_trained(tmp_path / "pairs", paired))
+    r = rec.recommend([], k=10)
+    assert r.fallback is None and len(r.items) == 10

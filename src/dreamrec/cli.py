@@ -254,7 +254,9 @@ def recommend(
                                sampler_options=_sampler_options(guidance_w, correction_scale),
                                new_item_offset=new_item_offset)
         if history is not None:
-            r = rec.recommend(_parse_history(history), k=k, intent=intent, exclude_seen=exclude_seen)
+            items = _parse_history(history)
+            r = rec.recommend(items, k=k, intent=intent, exclude_seen=exclude_seen)
+            _warn_unknown(rec, [items], [r])
             typer.echo(json.dumps(r.to_dict()))
             return
         assert input is not None
@@ -266,6 +268,7 @@ def recommend(
             results += rec.recommend_batch(
                 rows[s : s + 512], k=k, intents=intents[s : s + 512] if any_intent else None, exclude_seen=exclude_seen
             )
+        _warn_unknown(rec, rows, results)
         lines = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
         if output:
             output.write_text(lines)
@@ -274,6 +277,28 @@ def recommend(
             sys.stdout.write(lines)
     except (DreamrecError, ValueError) as e:
         _fail(e)
+
+
+def _warn_unknown(rec: Any, histories: list[list[Any]], results: list[Any]) -> None:
+    """Say on stderr when history ids were not in the catalog (ignored), above all when none was."""
+    blind = [i for i, (h, r) in enumerate(zip(histories, results)) if h and len(r.unknown) == len(h)]
+    partial = sum(1 for h, r in zip(histories, results) if r.unknown and len(r.unknown) < len(h))
+    if not blind and not partial:
+        return
+    examples = ", ".join(repr(v) for v in rec.run.item_ids.head(3).tolist())
+    answer = {"popularity": "the training popularity ranking"}.get(results[blind[0]].fallback, "the model's answer "
+                                                                    "to an empty history") if blind else ""
+    if len(histories) == 1:
+        if blind:
+            msg = (f"none of the history's ids is in the catalog (unknown: "
+                   f"{', '.join(map(repr, results[0].unknown[:5]))}); answered with {answer}")
+        else:
+            msg = f"ignored {len(results[0].unknown)} id(s) not in the catalog: {', '.join(map(repr, results[0].unknown[:5]))}"
+    else:
+        msg = (f"{len(blind)} of {len(histories)} histories had no id in the catalog"
+               + (f" (answered with {answer})" if blind else "")
+               + (f"; {partial} had some unknown ids (ignored)" if partial else ""))
+    typer.secho(f"warning: {msg}. Catalog ids look like {examples}.", fg=typer.colors.YELLOW, err=True)
 
 
 def _read_jsonl(path: Path) -> list[list[Any]]:

@@ -75,6 +75,9 @@ class RecommendResponse(BaseModel):
     scores: list[float]
     unknown: list[ItemId] = Field(description="History ids not in the catalog (ignored).")
     truncated: bool = Field(description="The history was longer than the model's window.")
+    fallback: Optional[str] = Field(
+        None, description="'popularity': no known item in the history and the model learned no answer for an "
+        "empty one, so the training popularity ranking was returned.")
 
 
 class BatchResponse(BaseModel):

@@ -6,9 +6,11 @@ Input handling, the same for the Python API, the CLI and the HTTP app:
   catalog id ``42`` and vice versa;
 * unknown ids are ignored and listed in ``Recommendation.unknown`` (``strict=True`` raises
   :class:`UnknownItemsError` instead);
-* an empty history (or one with only unknown ids) is answered with the model's no-context
-  answer: the popularity ranking for ``popularity``, the learned empty-history query for
-  SASRec/GRU4Rec, the unconditional generation for diffusion models;
+* an empty history (or one with only unknown ids), without an intent, is answered by the model
+  where it learned an answer (it saw empty histories in training: the DreamRec protocol's first
+  rows; and ``popularity``), otherwise by the training popularity ranking
+  (``Recommendation.fallback == "popularity"``, scores = training counts): see ``run.json``'s
+  ``empty_history`` and :func:`dreamrec.train.run.empty_history_answer`;
 * a history longer than the model's window keeps its most recent ``max_len`` items
   (``Recommendation.truncated`` is set);
 * ``k`` must be >= 1; a ``k`` above the catalog size returns the whole catalog;
@@ -57,9 +59,11 @@ class Recommendation:
     scores: list[float]
     unknown: list[Any] = field(default_factory=list)  # history ids not in the catalog (ignored)
     truncated: bool = False  # history longer than the model's window: only the most recent items used
+    fallback: str | None = None  # "popularity": no known item and no learned empty-history answer
 
     def to_dict(self) -> dict[str, Any]:
-        return {"items": self.items, "scores": self.scores, "unknown": self.unknown, "truncated": self.truncated}
+        return {"items": self.items, "scores": self.scores, "unknown": self.unknown, "truncated": self.truncated,
+                "fallback": self.fallback}
 
 
 class Recommender:
@@ -98,6 +102,11 @@ class Recommender:
         self._index = {k: i + 1 for i, k in enumerate(ids)}
         self._ids = np.asarray([_py(v) for v in ids], dtype=object)
         self._lock = threading.Lock()
+        # training counts for the popularity answer to an empty history (runs from before they were kept: none)
+        counts = self.run.items.get("train_count")
+        self._popularity = None
+        if self.run.info.get("empty_history") == "popularity" and counts is not None:
+            self._popularity = counts.to_numpy(dtype=np.float64)
         if new_item_offset is not None:  # ranks through score(): no retrieval index
             self.model = self._new_item_scoring(new_item_offset, new_items)
         elif new_items is not None:
@@ -186,6 +195,10 @@ class Recommender:
             unknown = [x for _, u in encoded for x in u]
             if unknown:
                 raise UnknownItemsError(unknown)
+        no_context = [not known and (intent_list is None or intent_list[i] is None)
+                      for i, (known, _) in enumerate(encoded)]
+        if self._popularity is not None and any(no_context):
+            return self._with_popularity_fallback(histories, encoded, no_context, k, intent_list, exclude_seen)
         width = self.max_len
         hist = np.zeros((len(encoded), width), dtype=np.int64)
         for i, (known, _) in enumerate(encoded):
@@ -206,6 +219,29 @@ class Recommender:
                     truncated=len(known) > width,
                 )
             )
+        return out
+
+    def _with_popularity_fallback(
+        self, histories: Sequence[Sequence[Any]], encoded: list[tuple[list[int], list[Any]]], no_context: list[bool],
+        k: int, intents: list[str | None] | None, exclude_seen: bool,
+    ) -> list[Recommendation]:
+        """Rows without context get the popularity ranking (ties by catalog order); the others the model."""
+        assert self._popularity is not None
+        rest = [i for i, empty in enumerate(no_context) if not empty]
+        ranked = self.recommend_batch(
+            [histories[i] for i in rest], k=k, intents=None if intents is None else [intents[i] for i in rest],
+            exclude_seen=exclude_seen,
+        ) if rest else []
+        order = np.argsort(-self._popularity, kind="stable")[:k]
+        top = [_py(v) for v in self._ids[order]]
+        out: list[Recommendation] = []
+        it = iter(ranked)
+        for i, empty in enumerate(no_context):
+            if empty:
+                out.append(Recommendation(items=list(top), scores=[float(s) for s in self._popularity[order]],
+                                          unknown=encoded[i][1], fallback="popularity"))
+            else:
+                out.append(next(it))
         return out
 
     def _check_intents(self, intents: Sequence[str | None] | None, n: int) -> list[str | None] | None:

@@ -2,8 +2,10 @@
 
 ``RUN_DIR/``
   ``config.yaml``       resolved RunConfig (model name, its full parameters, trainer settings)
-  ``run.json``          n_items, max_len, the data directory it was trained on, dreamrec version
-  ``items.parquet``     the item id map (row i = internal id i + 1) and item metadata where known
+  ``run.json``          n_items, max_len, the data directory it was trained on, how an empty history is
+                        answered (:func:`empty_history_answer`), dreamrec version
+  ``items.parquet``     the item id map (row i = internal id i + 1), each item's training count
+                        (``train_count``) and item metadata where known
   ``model.safetensors`` best weights (by the validation metric)
   ``metrics.json``      best validation metrics, test metrics, best epoch
   ``log.jsonl``         one line per epoch; ``checkpoint/`` for ``--resume``
@@ -24,7 +26,7 @@ import yaml
 
 from dreamrec import __version__
 from dreamrec.config import RunConfig, build_run_config
-from dreamrec.data.dataset import PreparedDataset
+from dreamrec.data.dataset import PreparedDataset, SampleRows
 from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models import build_model
@@ -95,7 +97,7 @@ def train_run(
         raise ArtifactError(f"{out_dir}: holds an unfinished run (checkpoint/); use --resume or another --out")
     distributed.barrier(env)  # every rank has checked the directory before rank 0 writes into it
     if env.is_main:
-        _write_run_files(config, dataset, data_dir, out_dir)
+        _write_run_files(config, dataset, data_dir, out_dir, empty_history=empty_history_answer(model, dataset))
     model.to(device)
     result = train(model, dataset, config.train, out_dir, resume=resume, progress=progress, log=log)
     test = distributed.evaluate_sharded(
@@ -111,7 +113,21 @@ def train_run(
     return metrics
 
 
-def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str | Path, out_dir: Path) -> None:
+def empty_history_answer(model: SequentialRecommender, dataset: PreparedDataset) -> str:
+    """How the run answers a history with no known item: ``"model"`` where the model saw empty histories in
+    training (rows with no history under the DreamRec protocol) or needs none (popularity), else
+    ``"popularity"``: the training counts (``items.parquet``'s ``train_count``), since a query for an empty
+    history that no training step reached (SASRec's ``empty_state`` under leave-one-out) means nothing."""
+    if model.batch_mode == "none":
+        return "model"
+    train = dataset.train
+    trained = isinstance(train, SampleRows) and bool((train.history == 0).all(axis=1).any())
+    return "model" if trained else "popularity"
+
+
+def _write_run_files(
+    config: RunConfig, dataset: PreparedDataset, data_dir: str | Path, out_dir: Path, *, empty_history: str = "model"
+) -> None:
     """``config.yaml``, ``run.json`` and ``items.parquet`` of a run about to train."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -120,6 +136,7 @@ def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str 
         "max_len": config.train.max_len,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         "protocol": dataset.protocol,
+        "empty_history": empty_history,
         "dreamrec_version": __version__,
     }
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2))
@@ -127,7 +144,8 @@ def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str 
 
 
 def _save_items(dataset: PreparedDataset, path: Path) -> None:
-    table = pd.DataFrame({"item_id": dataset.item_ids.reset_index(drop=True)})
+    table = pd.DataFrame({"item_id": dataset.item_ids.reset_index(drop=True),
+                          "train_count": dataset.train_item_counts()[1:]})
     if dataset.item_meta is not None:
         meta = dataset.item_meta.reset_index(drop=True)
         for c in meta.columns:
