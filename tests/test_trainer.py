@@ -282,7 +282,8 @@ def test_val_sampler_is_used_for_validation_only(dataset: PreparedDataset, tmp_p
     real = distributed.evaluate_sharded
 
     def spy(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        seen.append((model.config.sampler, model.config.sampler_steps, len(model.scheduler.timesteps)))
+        if model.name != "popularity":  # the reference the trainer compares validations with
+            seen.append((model.config.sampler, model.config.sampler_steps, len(model.scheduler.timesteps)))
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(distributed, "evaluate_sharded", spy)
@@ -431,3 +432,111 @@ def test_ema_resume_equals_uninterrupted(dataset: PreparedDataset, tmp_path: Pat
         fit("sasrec", SASREC, dataset, tmp_path / "part", **{**kw, "ema_decay": None, "epochs": 8}, resume=True)
     with pytest.raises(ConfigError, match="ema_decay"):
         fit("sasrec", SASREC, dataset, tmp_path / "full", **{**kw, "ema_decay": 0.9, "epochs": 8}, resume=True)
+
+
+class _FakeClock:
+    """The trainer's budget clock, advanced by the test: ``step`` seconds per training step (a function of the
+    step count) and ``val`` seconds per validation of the trained model (popularity's reference is free)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step, val: float) -> None:
+        from dreamrec.train import distributed, trainer
+
+        self.now, self.steps = 0.0, 0
+        monkeypatch.setattr(trainer, "_clock", lambda: self.now)
+        real_step, real_eval = trainer.train_step, distributed.evaluate_sharded
+
+        def train_step(*args, **kwargs):  # noqa: ANN002, ANN003
+            self.steps += 1
+            self.now += step(self.steps)
+            return real_step(*args, **kwargs)
+
+        def evaluate(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            if model.name != "popularity":
+                self.now += val
+            return real_eval(model, *args, **kwargs)
+
+        monkeypatch.setattr(trainer, "train_step", train_step)
+        monkeypatch.setattr(distributed, "evaluate_sharded", evaluate)
+
+
+def test_time_budget_bounds_the_whole_call_validations_included(dataset: PreparedDataset, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No epoch starts that would not end, with its validation, inside ``max_minutes``; an epoch that turns out
+    slower is dropped midway (its steps never reach the checkpoint), and the validated best is kept."""
+    from dreamrec.train.trainer import batches
+
+    model = build_model("gru4rec", dataset.n_items, MAX_LEN, GRU)
+    per_epoch = batches(model, dataset, 32, MAX_LEN, np.random.default_rng(0))[1]
+    assert per_epoch >= 3
+    clock = _FakeClock(monkeypatch, step=lambda n: 10.0, val=25.0)
+    # epoch = 10 s * per_epoch, validation 25 s; the budget holds two epochs and two validations, not three
+    budget = 2 * (10 * per_epoch + 25) + 5
+    _, result = fit("gru4rec", GRU, dataset, tmp_path / "a", epochs=10, patience=50, max_minutes=budget / 60)
+    assert [e["epoch"] for e in result.history] == [1, 2] and result.stopped_by_budget
+    assert result.history[-1]["budget_spent"] and clock.now <= budget
+
+    # the third epoch's steps are three times slower than the estimate: it is dropped where the budget ends
+    clock = _FakeClock(monkeypatch, step=lambda n: 10.0 if n <= 2 * per_epoch else 30.0, val=25.0)
+    budget = 3 * (10 * per_epoch + 25) + 5
+    _, result = fit("gru4rec", GRU, dataset, tmp_path / "b", epochs=10, patience=50, max_minutes=budget / 60)
+    assert [e["epoch"] for e in result.history] == [1, 2] and result.stopped_by_budget
+    assert clock.now <= budget and clock.steps < 3 * per_epoch
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["state"]
+    assert state["epoch"] == 2  # the dropped epoch never reached the checkpoint
+    logged = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in logged] == [1, 2]
+
+
+def test_collapse_and_below_popularity_are_logged_and_warned(dataset: PreparedDataset, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table whose rows all point one way, and a validation no better than popularity's, end the run with
+    warnings naming the cause (also in the epoch log); a healthy run has none."""
+    from dreamrec.train import distributed, trainer
+    from dreamrec.train.health import item_table_health
+
+    _, healthy = fit("sasrec", SASREC, dataset, tmp_path / "ok", epochs=6, patience=50)
+    assert healthy.warnings == [] and "item_cos" in healthy.history[-1] and healthy.popularity_val is not None
+    real_step, real_eval = trainer.train_step, distributed.evaluate_sharded
+
+    def collapsing_step(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        value = real_step(model, *args, **kwargs)
+        with torch.no_grad():  # every item row becomes the same vector, as a collapsed table does
+            table = model.item_embeddings()
+            table[1:] = table[1:].mean(0, keepdim=True) + 1e-4 * torch.randn_like(table[1:])
+        return value
+
+    def popularity_wins(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        m = real_eval(model, *args, **kwargs)
+        return m if model.name == "popularity" else {k: (0.0 if "@" in k else v) for k, v in m.items()}
+
+    monkeypatch.setattr(trainer, "train_step", collapsing_step)
+    monkeypatch.setattr(distributed, "evaluate_sharded", popularity_wins)
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        model, result = fit("sasrec", SASREC, dataset, tmp_path / "bad", epochs=2, patience=50)
+    assert item_table_health(model)["item_cos"] > 0.95
+    assert len(result.warnings) == 2
+    assert "item table collapsed from epoch 1" in result.warnings[0] and "pairwise cosine" in result.warnings[0]
+    assert "not above the popularity ranking's" in result.warnings[1]
+    logged = [json.loads(line) for line in (tmp_path / "bad" / "log.jsonl").read_text().splitlines()]
+    assert logged[0]["collapse"] and logged[0]["below_popularity"] and logged[0]["item_cos"] > 0.95
+
+
+def test_item_table_health_by_hand() -> None:
+    from dreamrec.train.health import collapse_cause, item_table_health
+
+    class Table(torch.nn.Module):
+        batch_mode = "pairs"
+
+        def __init__(self, rows):  # noqa: ANN001
+            super().__init__()
+            self.rows = torch.tensor(rows, dtype=torch.float32)
+
+        def item_embeddings(self) -> torch.Tensor:
+            return self.rows
+
+    # rows 1..3 (row 0 is padding): unit vectors e1, e1, e2 -> cosines (1, 0, 0) over the 3 unordered pairs
+    h = item_table_health(Table([[9.0, 9.0], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0]]))
+    assert h["item_cos"] == pytest.approx(1 / 3) and h["item_norm"] == pytest.approx(2.0)
+    assert collapse_cause(h, initial_norm=2.0) is None
+    assert "shrank" in collapse_cause({"item_cos": 0.1, "item_norm": 0.001}, initial_norm=1.0)
+    assert "one way" in collapse_cause({"item_cos": 0.99, "item_norm": 1.0}, initial_norm=1.0)

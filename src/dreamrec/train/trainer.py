@@ -49,8 +49,10 @@ from dreamrec.train.checkpoint import (
     save_weights,
 )
 from dreamrec.train.ema import WeightAverage
+from dreamrec.train.health import collapse_cause, item_table_health, popularity_reference, run_warnings
 
 WEIGHTS_FILE = "model.safetensors"
+_clock = time.perf_counter  # the budget's clock (a test replaces it)
 LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 
@@ -64,6 +66,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     stopped_by_budget: bool = False  # ``max_minutes`` ran out before ``epochs`` or early stopping
+    warnings: list[str] = field(default_factory=list)  # from :mod:`dreamrec.train.health`
+    popularity_val: dict[str, float] | None = None  # popularity's validation metrics, the reference
 
 
 def seed_everything(seed: int) -> None:
@@ -213,6 +217,7 @@ def train(
     the checkpointed epoch up to ``config.epochs``; without a checkpoint it starts afresh.
     At the end the best weights are loaded into ``model``.
     """
+    started = _clock()  # train.max_minutes bounds the whole call, validations included
     out_dir = Path(out_dir)
     env, device = distributed.setup(config.device)  # one process, or this rank of a torchrun job
     main = env.is_main
@@ -262,10 +267,17 @@ def train(
     if config.ema_decay is not None and model.batch_mode != "none":
         average = WeightAverage(model, config.ema_decay)
 
+    popularity: dict[str, float] | None = None
+    if model.batch_mode != "none" and config.health_checks:
+        popularity = popularity_reference(dataset, lambda m: distributed.evaluate_sharded(
+            m, dataset.val, env, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
+            seed=config.seed))
+        say(f"popularity's validation {config.val_metric}: {popularity[config.val_metric]:.4f} (the reference)")
+
     if model.batch_mode == "none":
-        t0 = time.perf_counter()
+        t0 = _clock()
         val = validate()
-        entry = {"epoch": 0, "loss": None, "val": val, "seconds": time.perf_counter() - t0, "best": True}
+        entry = {"epoch": 0, "loss": None, "val": val, "seconds": _clock() - t0, "best": True}
         if main:
             save_weights(model, weights_path)
             _write_log(log_path, [entry])
@@ -283,6 +295,7 @@ def train(
         "history": [],
         "ema_decay": config.ema_decay,
         "ema_updates": 0,
+        "initial_item_norm": (item_table_health(model) or {}).get("item_norm"),
     }
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, model, optimizer, rng)
@@ -316,11 +329,19 @@ def train(
         )
     loss_fn = compiled_loss(base_loss, say) if config.compile else base_loss
     epoch = state["epoch"]
-    started = time.perf_counter()
+    budget = None if config.max_minutes is None else 60.0 * config.max_minutes
+    costs = {"train": 0.0, "val": 0.0}  # the largest epoch and validation seconds seen in this call
     out_of_time = False
+    aborted = False  # an epoch left unfinished by the budget (its steps are dropped: the checkpoint is before it)
     while epoch < config.epochs and not state["stopped_early"] and not out_of_time:
+        will_validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        if budget is not None and costs["train"] > 0 and distributed.any_rank(
+            _clock() - started + costs["train"] + (costs["val"] if will_validate else 0.0) > budget, env
+        ):
+            out_of_time = True  # the next epoch (and its validation) would not end inside the budget
+            break
         epoch += 1
-        t0 = time.perf_counter()
+        t0 = _clock()
         model.train()
         lr = epoch_lr(config, epoch)
         for group in optimizer.param_groups:
@@ -341,17 +362,32 @@ def train(
             count += 1
             if count % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / count:.4f}")
+            if budget is not None and costs["train"] > 0 and state["best_value"] is not None and distributed.any_rank(
+                _clock() - started + costs["val"] > budget, env
+            ):  # the budget ends inside this epoch: drop it, keep the validated epochs
+                aborted = True
+                break
         bar.close()
+        if aborted:
+            say(f"epoch {epoch}: time budget spent after {count} of {n_batches} batches; the unfinished epoch is "
+                f"dropped (the best weights and the checkpoint are from epoch {state['epoch']} or before)")
+            epoch -= 1
+            out_of_time = True
+            break
+        costs["train"] = max(costs["train"], _clock() - t0)
         entry: dict[str, Any] = {"epoch": epoch, "loss": distributed.mean_over_ranks(total_loss / max(count, 1), env)}
         if config.lr_decay_step is not None:
             entry["lr"] = lr
         out_of_time = distributed.any_rank(  # every rank stops after the same epoch
-            config.max_minutes is not None and time.perf_counter() - started >= 60 * config.max_minutes, env
+            budget is not None and _clock() - started + costs["val"] >= budget, env
         )
 
         if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
+            t_val = _clock()
             val = validate()
+            costs["val"] = max(costs["val"], _clock() - t_val)
             entry["val"] = val
+            _check_health(entry, model, average, state, popularity, config.val_metric, say)
             current = val[config.val_metric]
             if state["best_value"] is None or current > state["best_value"]:
                 state.update(best_value=current, best_epoch=epoch, best_val=val)
@@ -359,7 +395,7 @@ def train(
             state["bad_epochs"] = epoch - state["best_epoch"]
             if state["bad_epochs"] >= config.patience:
                 state["stopped_early"] = True
-        entry["seconds"] = time.perf_counter() - t0
+        entry["seconds"] = _clock() - t0
         entry.update(model.on_epoch_end(epoch))
         # a budget stop only where nothing else ends training here (early stopping, the last epoch)
         out_of_time = out_of_time and not state["stopped_early"] and epoch < config.epochs
@@ -385,16 +421,45 @@ def train(
             )
 
     distributed.barrier(env)  # rank 0's last checkpoint is on disk before anyone reads it
+    if out_of_time and state["history"]:
+        state["history"][-1]["budget_spent"] = True
     best = best_weights_path(ckpt_dir) if state["best_value"] is not None else None
     if best is not None:
         load_weights(model, best)
     # else never validated (epochs == 0): the current weights are the result
     if main:
         save_weights(model, weights_path)  # written once, after training: a crash leaves no stale weights
+    found = run_warnings(state["history"], state["best_epoch"], config.val_metric, popularity)
+    for w in found:
+        say(f"warning: {w}")
+        warnings.warn(w, RuntimeWarning, stacklevel=2)
     return TrainResult(
         best_epoch=state["best_epoch"],
         best_val=state["best_val"],
         history=state["history"],
         stopped_early=state["stopped_early"],
         stopped_by_budget=out_of_time,
+        warnings=found,
+        popularity_val=popularity,
     )
+
+
+def _check_health(entry: dict[str, Any], model: SequentialRecommender, average: WeightAverage | None,
+                  state: dict[str, Any], popularity: dict[str, float] | None, val_metric: str,
+                  say: Callable[[str], None]) -> None:
+    """Add the item table's health and the popularity comparison of a validated epoch to its log ``entry``
+    (the validated weights: the average where there is one); say when either looks wrong."""
+    if popularity is None:
+        return
+    with average.applied() if average is not None else contextlib.nullcontext():
+        health = item_table_health(model)
+    if health is not None:
+        entry.update(health)
+        cause = collapse_cause(health, state.get("initial_item_norm"))
+        if cause:
+            entry["collapse"] = cause
+            say(f"epoch {entry['epoch']}: item table collapse: {cause}")
+    if entry["val"][val_metric] <= popularity[val_metric]:
+        entry["below_popularity"] = True
+        say(f"epoch {entry['epoch']}: validation {val_metric} {entry['val'][val_metric]:.4f} is not above "
+            f"popularity's {popularity[val_metric]:.4f}")

@@ -1,0 +1,201 @@
+"""DimeRec (WSDM 2025, arXiv 2408.12153; survey notes, Sec. 3.4): a diffusion recommender guided by
+multiple interests, diffusing on the unit sphere.
+
+* **Guidance Extraction Module (GEM).** ``H^u = F(S^u)`` embeds the history (``F``: the item table).
+  The model-based GEM (default) extracts ``K`` interests with an attentive matrix
+  ``A = softmax_N(W_2 tanh(W_1 (H^u + P)^T))^T in R^{N x K}`` (a two-layer tanh MLP, softmax over the
+  history's real positions) and ``g^u = A^T (H^u + P) in R^{K x d}``, ``P`` the position embeddings.
+  The rule-based GEM is ``g^u = F(S^u[-K:])``, the last ``K`` items. The GEM is trained on its own by
+  the interest closest to the target, ``g_u = g^u[argmax_k g^u_k . e_a]``, with a sampled softmax:
+  ``L_gem = -log(exp(g_u . e_a) / (exp(g_u . e_a) + sum_{i- in I_sample} exp(g_u . e_i-)))``.
+* **Diffusion Aggregation Module (DAM)** on the sphere (Algorithm 1). ``e'_a = L2-Norm(e_a)``; a
+  Gaussian ``eps`` in the tangent space at ``e'_a`` (``eps - (eps . e'_a) e'_a``) moves the target
+  along the geodesic, ``x_t = exp_{e'_a}[sqrt(1 - abar_t) eps] = cos(|v|) e'_a + sin(|v|) v / |v|``
+  (line 10), and ``x0_hat = f_theta(x_t, t, g^u)`` (an MLP over ``[x_t; g^u_1; ...; g^u_K; tau(t)]``)
+  is mapped onto the sphere as well, so that the reconstruction loss cannot shrink the norms that the
+  inner products need. Losses: ``L_recon = E ||e'_a - x0_hat||^2`` and
+  ``L_ssm = -log(exp(x0_hat . e_a) / (exp(x0_hat . e_a) + sum_{i-} exp(x0_hat . e_i-)))``;
+  ``L = L_gem + lambda L_recon + mu L_ssm`` (Eq. 23).
+* **Reversing** (Algorithm 2): ``x_T`` uniform on the sphere, then for ``t = T..1``
+  ``x_{t-1} = L2-Norm(mu~_t(x_t, x0_hat) + sigma_t eps')`` with the shared samplers (DDPM as the
+  algorithm, DDIM or one step for speed), every update mapped back onto the sphere; the generated
+  ``x_0`` is the query and items are ranked by ``x_0 . e``.
+
+Where this implementation chooses: ``sigma_t`` is the DDPM posterior standard deviation
+``sqrt(beta~_t)`` (the notes write ``beta~_t eps'``); the negatives ``I_sample`` are ``n_negatives`` items
+drawn uniformly once per batch and shared by its rows (``None``: the full softmax over all items);
+``x0_hat`` is normalised but the items ``e`` in the softmaxes are not (their norms act as the scale).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from dreamrec.data.batching import Batch
+from dreamrec.diffusion import DiffusionScheduler, sample
+from dreamrec.diffusion.scheduler import Sampler
+from dreamrec.diffusion.schedules import BetaSchedule
+from dreamrec.models.base import ModelConfig, SequentialRecommender, check_sampler_steps, switch_sampler
+from dreamrec.models.sasrec import softmax_cross_entropy
+from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
+from dreamrec.nn.encoders import item_table
+
+
+class DimeRecConfig(ModelConfig):
+    hidden: int = Field(64, ge=1, description="embedding size d of items, interests and the denoiser")
+    n_interests: int = Field(4, ge=1, description="K, the number of interests the GEM extracts")
+    gem: Literal["model", "rule"] = Field("model", description="model: attentive K interests; rule: the last K items")
+    gem_width: int | None = Field(None, ge=1, description="hidden width of the attention MLP (default 4 d)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the history's embeddings")
+    item_init_std: float = Field(0.02, gt=0, description="item and position tables start at N(0, std^2)")
+    timesteps: int = Field(100, ge=1, description="T, the number of diffusion steps")
+    beta_schedule: BetaSchedule = "linear"
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="linear schedule")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="linear schedule")
+    denoiser: DenoiserType = "mlp2"
+    lambda_recon: float = Field(1.0, ge=0, description="lambda, the weight of L_recon")
+    mu_ssm: float = Field(1.0, ge=0, description="mu, the weight of L_ssm")
+    n_negatives: int | None = Field(
+        128, ge=1, description="negatives I_sample shared by a batch's rows (None: every item, full softmax)"
+    )
+    sampler: Sampler = "ddpm"
+    sampler_steps: int | None = Field(None, ge=1, description="S for ddim/ddpm; None = all T steps")
+    ddim_eta: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _steps_fit_T(self) -> "DimeRecConfig":
+        check_sampler_steps(self.sampler_steps, self.timesteps)
+        if self.gem == "rule" and self.gem_width is not None:
+            raise ValueError("gem_width sets the attention MLP of gem 'model'; the rule-based GEM has none")
+        return self
+
+
+def tangent_noise(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The component of ``eps`` [B, d] in the tangent space of the unit sphere at ``x0`` [B, d] (unit rows)."""
+    return eps - (eps * x0).sum(-1, keepdim=True) * x0
+
+
+def sphere_exp(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The exponential map of the unit sphere, ``exp_x[v] = cos(|v|) x + sin(|v|) v / |v|``, for a
+    tangent ``v`` at ``x`` (``exp_x[0] = x``)."""
+    norm = v.norm(dim=-1, keepdim=True)
+    direction = v / norm.clamp_min(1e-12)
+    return torch.cos(norm) * x + torch.sin(norm) * direction
+
+
+def sampled_softmax_ce(query: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
+                       negatives: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``-log(exp(q . e_a) / (exp(q . e_a) + sum_{i-} exp(q . e_i-)))`` over rows: ``query`` [B, d],
+    ``table`` [n + 1, d] (row 0 padding), ``target`` [B] in 1..n, ``negatives`` [k] items shared by the rows
+    (a negative equal to a row's target is left out of that row), or None for all items (full softmax)."""
+    if negatives is None:
+        return softmax_cross_entropy(query, table, target)
+    pos = (query * table[target]).sum(-1, keepdim=True)
+    neg = (query @ table[negatives].T).masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+    return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()
+
+
+class DimeRec(SequentialRecommender):
+    name: ClassVar[str] = "dimerec"
+    Config: ClassVar[type[ModelConfig]] = DimeRecConfig
+    batch_mode: ClassVar[Literal["pairs", "seq2seq", "none"]] = "pairs"
+    config: DimeRecConfig
+
+    def __init__(self, n_items: int, max_len: int, config: ModelConfig | None = None):
+        config = config or DimeRecConfig()
+        assert isinstance(config, DimeRecConfig)
+        super().__init__(n_items, max_len, config)
+        d, K = config.hidden, config.n_interests
+        self.item_embedding = item_table(n_items, d, config.item_init_std)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        if config.gem == "model":
+            self.position_embedding = nn.Embedding(max_len, d)
+            nn.init.normal_(self.position_embedding.weight, std=config.item_init_std)
+            width = config.gem_width or 4 * d
+            self.attention = nn.Sequential(nn.Linear(d, width, bias=False), nn.Tanh(), nn.Linear(width, K, bias=False))
+        self.denoiser = MLPDenoiser(d, config.denoiser, condition_width=K * d)
+        self.scheduler = DiffusionScheduler(
+            num_train_timesteps=config.timesteps, beta_schedule=config.beta_schedule, prediction_type="x0",
+            beta_start=config.beta_start, beta_end=config.beta_end,
+        )
+        self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
+
+    # -- guidance extraction (GEM) --------------------------------------------------------------
+    def attention_weights(self, history: torch.Tensor, hp: torch.Tensor) -> torch.Tensor:
+        """``A`` [B, N, K]: softmax over the real positions of ``W_2 tanh(W_1 (H + P))`` (zeros for an empty history)."""
+        logits = self.attention(hp).masked_fill((history == 0).unsqueeze(-1), float("-inf"))
+        return torch.softmax(logits, dim=1).nan_to_num(0.0)
+
+    def interests(self, history: torch.Tensor) -> torch.Tensor:
+        """``g^u`` [B, K, d]: the model-based ``A^T (H + P)``, or the rule-based last ``K`` items (zeros
+        where the history is shorter)."""
+        history = history[:, -self.max_len :]
+        K = self.config.n_interests
+        if self.config.gem == "rule":
+            last = history[:, -K:]
+            if last.shape[1] < K:
+                last = F.pad(last, (K - last.shape[1], 0))
+            return self.item_embedding(last)
+        L = history.shape[1]
+        positions = torch.arange(self.max_len - L, self.max_len, device=history.device)
+        valid = (history > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
+        hp = self.emb_dropout(self.item_embedding(history) + self.position_embedding(positions)[None]) * valid
+        return self.attention_weights(history, hp).transpose(1, 2) @ hp
+
+    # -- training (Algorithm 1) -----------------------------------------------------------------
+    def _negatives(self, device: torch.device) -> torch.Tensor | None:
+        k = self.config.n_negatives
+        return None if k is None else torch.randint(1, self.n_items + 1, (k,), device=device)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        cfg = self.config
+        target = batch.target
+        E = self.item_embedding.weight
+        g = self.interests(batch.history)  # [B, K, d]
+        e_a = E[target]
+        negatives = self._negatives(target.device)
+        # L_gem: the interest closest to the target, by a sampled softmax
+        closest = (g * e_a[:, None]).sum(-1).argmax(1)
+        g_u = g[torch.arange(g.shape[0], device=g.device), closest]
+        loss = sampled_softmax_ce(g_u, E, target, negatives)
+        # the DAM on the sphere: x_t moves from e'_a along the geodesic
+        x0 = F.normalize(e_a, dim=-1)
+        t = self.scheduler.sample_timesteps(x0.shape[0], device=x0.device)
+        scale = self.scheduler.sqrt_one_minus_alphas_cumprod.to(x0)[t, None]
+        x_t = sphere_exp(x0, scale * tangent_noise(x0, torch.randn_like(x0)))
+        x0_hat = F.normalize(self.denoiser(x_t, t, g.flatten(1)), dim=-1)
+        if cfg.lambda_recon > 0:
+            loss = loss + cfg.lambda_recon * (x0 - x0_hat).square().sum(-1).mean()
+        if cfg.mu_ssm > 0:
+            loss = loss + cfg.mu_ssm * sampled_softmax_ce(x0_hat, E, target, negatives)
+        return loss
+
+    # -- reversing (Algorithm 2) ----------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, history: torch.Tensor) -> torch.Tensor:
+        """The user's next-interest embedding ``e_u = x_0`` [B, d] (unit rows), generated on the sphere."""
+        c = self.interests(history).flatten(1)
+        c_proj = self.denoiser.project_condition(c)  # the same at every step
+        denoise = partial(self.denoiser, c=c, c_proj=c_proj)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return F.normalize(denoise(x_t, t), dim=-1)
+
+        shape = (c.shape[0], self.config.hidden)
+        return sample(model_fn, self.scheduler, shape, device=c.device, dtype=c.dtype,
+                      project=partial(F.normalize, dim=-1))
+
+    def query(self, history: torch.Tensor) -> torch.Tensor:
+        return self.generate(history)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_embedding.weight
+
+    def set_sampler(self, sampler: Sampler | None = None, steps: int | None = None, *, eta: float | None = None) -> None:
+        """Change how :meth:`generate` samples (no retraining); see :func:`~dreamrec.models.base.switch_sampler`."""
+        switch_sampler(self, sampler, steps, ddim_eta=eta)

@@ -1,0 +1,264 @@
+"""The HTTP API (FastAPI): a thin layer over one :class:`~dreamrec.serve.recommender.Recommender`.
+
+Endpoints: ``POST /recommend``, ``POST /recommend/batch``, ``GET /items/{item_id}``,
+``GET /health``, ``GET /metrics`` (Prometheus text) and the OpenAPI docs (``/docs``,
+``/openapi.json``).
+
+Limits and bad input (never a 5xx):
+
+* request bodies over ``max_body_bytes`` (default 1 MB) get 413 before they are parsed;
+* an undecodable body (invalid UTF-8) gets 400;
+* malformed JSON, wrong types, ``k < 1`` or ``k > MAX_K``, more than ``MAX_BATCH`` histories,
+  an intent for a model without intent support, and unknown ids with ``strict=true`` get 422;
+* unknown ids (``strict=false``, the default) are ignored and listed in ``unknown``;
+* an empty history gets the model's no-context answer (see ``Recommender``);
+* histories longer than the model's window are truncated to their most recent items
+  (``truncated: true``), never rejected; ``k`` above the catalog size returns the whole catalog.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional, Union
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dreamrec import __version__
+from dreamrec.serve.metrics import ServerMetrics
+from dreamrec.serve.recommender import Recommender, RequestError, UnknownItemsError
+
+MAX_K = 1000  # items per response
+MAX_BATCH = 256  # histories per /recommend/batch request
+DEFAULT_MAX_BODY_BYTES = 1_000_000
+
+ItemId = Union[StrictInt, StrictStr]
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with ASCII escapes, so any string a client sent (even a lone surrogate) can be echoed."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Body):
+    history: list[ItemId] = Field(
+        default_factory=list,
+        description="Original item ids, oldest first. Empty: the model's no-context answer. "
+        "Longer than the model's window: only the most recent items are used.",
+    )
+    k: int = Field(20, ge=1, le=MAX_K, description="Number of items; capped at the catalog size.")
+    intent: Optional[str] = Field(None, description="Intention text (intent-aware models only).")
+    exclude_seen: bool = Field(False, description="Never return items of the history.")
+    strict: bool = Field(False, description="422 on unknown item ids instead of ignoring them.")
+
+
+class BatchRequest(_Body):
+    histories: list[list[ItemId]] = Field(..., max_length=MAX_BATCH, description=f"Up to {MAX_BATCH} histories.")
+    k: int = Field(20, ge=1, le=MAX_K)
+    intents: Optional[list[Optional[str]]] = Field(None, description="One intent per history, or null.")
+    exclude_seen: bool = False
+    strict: bool = False
+
+
+class RecommendResponse(BaseModel):
+    items: list[ItemId]
+    scores: list[float]
+    unknown: list[ItemId] = Field(description="History ids not in the catalog (ignored).")
+    truncated: bool = Field(description="The history was longer than the model's window.")
+    fallback: Optional[str] = Field(
+        None, description="'popularity': no known item in the history and the model learned no answer for an "
+        "empty one, so the training popularity ranking was returned.")
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendResponse]
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    n_items: int
+    max_len: int
+    supports_intent: bool
+    version: str
+
+
+class ErrorResponse(BaseModel):
+    detail: Any
+
+
+class ServingLayer:
+    """Pure ASGI middleware: body-size limit (413 before parsing) and request metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        try:
+            body = await self._read_body(scope, receive)
+            if body is None:
+                status = 413
+                await _send_413(send, self.max_body_bytes)
+                return
+
+            async def replay() -> Message:
+                nonlocal body
+                if body is not None:
+                    chunk, body = body, None
+                    return {"type": "http.request", "body": chunk, "more_body": False}
+                return await receive()
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            await self.app(scope, replay, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "other"
+            self.metrics.observe(scope.get("method", ""), route, status, time.perf_counter() - start)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body, or None if it is (or announces to be) larger than the limit."""
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_body_bytes:
+                        return None
+                except ValueError:
+                    pass
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(status: int, detail: Any, **extra: Any) -> SafeJSONResponse:
+    return SafeJSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving ``recommender`` (build it in-process for tests; ``dreamrec serve`` runs it)."""
+    metrics = ServerMetrics()
+    app = FastAPI(
+        title="dreamrec",
+        version=__version__,
+        description=__doc__,
+        default_response_class=SafeJSONResponse,
+    )
+    app.state.recommender = recommender
+    app.state.metrics = metrics
+    bad = {400: {"model": ErrorResponse, "description": "Body is not decodable (e.g. invalid UTF-8)"},
+           422: {"model": ErrorResponse, "description": "Invalid request"},
+           413: {"model": ErrorResponse, "description": "Body too large"}}
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> SafeJSONResponse:
+        if isinstance(exc, UnknownItemsError):
+            return _error(422, str(exc), unknown=exc.unknown)
+        return _error(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()[:20]]
+        return _error(422, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+        return _error(exc.status_code, exc.detail)
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=bad)
+    def recommend(req: RecommendRequest) -> dict[str, Any]:
+        """Top-k items (original ids) with scores for one history."""
+        r = recommender.recommend(req.history, k=req.k, intent=req.intent, exclude_seen=req.exclude_seen,
+                                  strict=req.strict)
+        return r.to_dict()
+
+    @app.post("/recommend/batch", response_model=BatchResponse, responses=bad)
+    def recommend_batch(req: BatchRequest) -> dict[str, Any]:
+        """Top-k items for up to MAX_BATCH histories in one model call."""
+        rs = recommender.recommend_batch(req.histories, k=req.k, intents=req.intents,
+                                         exclude_seen=req.exclude_seen, strict=req.strict)
+        return {"results": [r.to_dict() for r in rs]}
+
+    @app.get("/items/{item_id}", responses={404: {"model": ErrorResponse, "description": "Unknown item"}})
+    def item(item_id: str) -> dict[str, Any]:
+        """The catalog row of an item: its original id and metadata (title, text, ... where known)."""
+        row = recommender.item(item_id)
+        if row is None:
+            raise HTTPException(404, f"unknown item id {item_id!r}")
+        return row
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        """Liveness and what is served."""
+        return {"status": "ok", "model": recommender.model_name, "n_items": recommender.n_items,
+                "max_len": recommender.max_len, "supports_intent": recommender.supports_intent,
+                "version": __version__}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        """Prometheus text format: request counts, latency histogram, errors."""
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.add_middleware(ServingLayer, metrics=metrics, max_body_bytes=max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` (multi-worker serving): reads ``DREAMREC_RUN_DIR``
+    and optionally ``DREAMREC_MAX_BODY_BYTES``, ``DREAMREC_INDEX`` (exact/faiss), ``DREAMREC_THREADS``,
+    ``DREAMREC_SAMPLER``, ``DREAMREC_STEPS``, ``DREAMREC_NEW_ITEM_OFFSET`` and ``DREAMREC_SAMPLER_OPTIONS`` (a JSON object of further
+    ``set_sampler`` options, e.g. ``{"correction_scale": 8}``)."""
+    import os
+
+    import torch
+
+    threads = os.environ.get("DREAMREC_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    steps = os.environ.get("DREAMREC_STEPS")
+    rec = Recommender.load(
+        os.environ["DREAMREC_RUN_DIR"],
+        index=os.environ.get("DREAMREC_INDEX", "exact"),
+        sampler=os.environ.get("DREAMREC_SAMPLER") or None,
+        steps=int(steps) if steps else None,
+        sampler_options=json.loads(os.environ.get("DREAMREC_SAMPLER_OPTIONS") or "{}"),
+        new_item_offset=float(offset) if (offset := os.environ.get("DREAMREC_NEW_ITEM_OFFSET")) else None,
+    )
+    return create_app(rec, max_body_bytes=int(os.environ.get("DREAMREC_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
