@@ -513,12 +513,12 @@ def test_collapse_and_below_popularity_are_logged_and_warned(dataset: PreparedDa
     monkeypatch.setattr(distributed, "evaluate_sharded", popularity_wins)
     with pytest.warns(RuntimeWarning, match="collapsed"):
         model, result = fit("sasrec", SASREC, dataset, tmp_path / "bad", epochs=2, patience=50)
-    assert item_table_health(model)["item_cos"] > 0.95
+    assert item_table_health(model)["item_cos"] > 0.8
     assert len(result.warnings) == 2
     assert "item table collapsed from epoch 1" in result.warnings[0] and "pairwise cosine" in result.warnings[0]
     assert "not above the popularity ranking's" in result.warnings[1]
     logged = [json.loads(line) for line in (tmp_path / "bad" / "log.jsonl").read_text().splitlines()]
-    assert logged[0]["collapse"] and logged[0]["below_popularity"] and logged[0]["item_cos"] > 0.95
+    assert logged[0]["collapse"] and logged[0]["below_popularity"] and logged[0]["item_cos"] > 0.8
 
 
 def test_item_table_health_by_hand() -> None:

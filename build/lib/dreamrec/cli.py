@@ -142,6 +142,8 @@ def train(
         return
     t = metrics["test"]
     _echo(f"best epoch {metrics['best_epoch']}; test HR@20 {t['HR@20']:.4f} NDCG@20 {t['NDCG@20']:.4f} (n={t['n']})")
+    for w in metrics.get("warnings", []):
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps({"out": str(out), **metrics}))
 
 

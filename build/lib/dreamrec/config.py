@@ -66,9 +66,15 @@ class TrainConfig(_Strict):
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default torch's choice")
     max_minutes: float | None = Field(
-        None, gt=0, description="wall-clock budget of this training call (evaluations included): training stops "
-        "after the epoch that spends it, as early stopping does, and keeps the best weights; a resumed run "
-        "continues past it"
+        None, gt=0, description="wall-clock budget of this training call, validations included (the test "
+        "evaluation after it is timed separately): no epoch starts that would not end, with its validation, "
+        "inside it (judged by the slowest epoch so far), an epoch that the budget ends midway is dropped, and the "
+        "best validated weights are kept, as early stopping does; every call trains at least one epoch, so only "
+        "the first epoch of a call can overrun it. A resumed run gets a new budget"
+    )
+    health_checks: bool = Field(
+        True, description="compare every validation with the popularity ranking's and watch the item table for "
+        "collapse (dreamrec.train.health); findings go to log.jsonl and metrics.json's warnings"
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward pass and loss under bfloat16 autocast (weights, optimiser "

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-COSINE_LIMIT = 0.95
-NORM_FRACTION = 0.01
+COSINE_LIMIT = 0.8
+NORM_FRACTION = 0.1
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -99,14 +100,19 @@ def train_run(
     if env.is_main:
         _write_run_files(config, dataset, data_dir, out_dir, empty_history=empty_history_answer(model, dataset))
     model.to(device)
+    t0 = time.perf_counter()
     result = train(model, dataset, config.train, out_dir, resume=resume, progress=progress, log=log)
+    t1 = time.perf_counter()
     test = distributed.evaluate_sharded(
         model, dataset.test, env, ks=DEFAULT_KS, batch_size=config.train.eval_batch_size, device=device,
         seed=config.train.seed,
     )
     metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test,
                "epochs_trained": result.history[-1]["epoch"] if result.history else 0,
-               "stopped_by_budget": result.stopped_by_budget}
+               "stopped_by_budget": result.stopped_by_budget,
+               # wall-clock seconds: the training call (bounded by train.max_minutes) and the test evaluation
+               "seconds": {"train": round(t1 - t0, 3), "test": round(time.perf_counter() - t1, 3)},
+               "popularity_val": result.popularity_val, "warnings": result.warnings}
     if env.is_main:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     distributed.barrier(env)  # the run directory is complete when any rank returns

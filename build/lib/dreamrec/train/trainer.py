@@ -362,7 +362,7 @@ def train(
             count += 1
             if count % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / count:.4f}")
-            if budget is not None and state["best_value"] is not None and distributed.any_rank(
+            if budget is not None and costs["train"] > 0 and state["best_value"] is not None and distributed.any_rank(
                 _clock() - started + costs["val"] > budget, env
             ):  # the budget ends inside this epoch: drop it, keep the validated epochs
                 aborted = True
@@ -421,7 +421,7 @@ def train(
             )
 
     distributed.barrier(env)  # rank 0's last checkpoint is on disk before anyone reads it
-    if aborted and state["history"]:
+    if out_of_time and state["history"]:
         state["history"][-1]["budget_spent"] = True
     best = best_weights_path(ckpt_dir) if state["best_value"] is not None else None
     if best is not None:
