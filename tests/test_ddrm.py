@@ -4,7 +4,6 @@ pattern."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -162,7 +161,5 @@ def test_planted_pattern(tmp_path: Path) -> None:
     """The defaults. Measured (8 epochs, one thread, ~20 s): HR@20 0.87 against popularity 0.405 (the encoder's
     e_0^u alone as query: 0.875; the history mean e_bar^i alone: 0.60). With backbone_weight = 0 (the DDRM loss
     alone) it stays at popularity's level (0.39): f_theta reads the positive item from its guidance c_u."""
-    t0 = time.perf_counter()
     hr, hr_pop = planted_hr20("ddrm", {}, tmp_path)
     assert hr >= 1.8 * hr_pop, (hr, hr_pop)
-    assert time.perf_counter() - t0 < 50

@@ -4,7 +4,6 @@ hand, the assembled loss, reload of a saved run, the planted pattern, and bad co
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -210,18 +209,14 @@ def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) 
 def test_planted_pattern_defaults(tmp_path: Path) -> None:
     """L-DiffRec with its defaults and C = 2. Measured (8 epochs, one thread): HR@20 0.61 against
     popularity 0.41 (DiffRec's defaults: 0.57)."""
-    t0 = time.perf_counter()
     hr, hr_pop = planted_hr20("diffrec", {"latent_clusters": 2}, tmp_path)
     assert hr >= 1.35 * hr_pop, (hr, hr_pop)
-    assert time.perf_counter() - t0 < 40
 
 
 def test_planted_pattern_with_time_weights(tmp_path: Path) -> None:
     """LT-DiffRec, C = 2. Measured: HR@20 0.72 against popularity 0.41 (T-DiffRec: 0.65)."""
-    t0 = time.perf_counter()
     hr, hr_pop = planted_hr20("diffrec", {"latent_clusters": 2, "time_weights": [0.1, 1.0]}, tmp_path)
     assert hr >= 1.6 * hr_pop, (hr, hr_pop)
-    assert time.perf_counter() - t0 < 40
 
 
 def test_bad_configs_fail_clearly() -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +61,8 @@ def fit(name: str, params: dict, ds: PreparedDataset, out: Path, **train_kw) -> 
 
 @pytest.mark.parametrize("name,params", [("sasrec", SASREC), ("gru4rec", GRU)])
 def test_learns_planted_cycles(name: str, params: dict, dataset: PreparedDataset, tmp_path: Path) -> None:
-    t0 = time.perf_counter()
     model, result = fit(name, params, dataset, tmp_path, epochs=25, patience=3)
     assert result.best_val["HR@5"] > 0.9, result.history
-    assert time.perf_counter() - t0 < 20
     # the returned model holds the best weights
     from dreamrec.eval.evaluate import evaluate
 
