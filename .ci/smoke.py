@@ -37,8 +37,14 @@ def run(step: str, cmd: list[str], expect_ok: bool = True) -> subprocess.Complet
     return proc
 
 
-def write_log(path: Path, seed: int = 0) -> None:
-    """A small log with sequential structure: users walk a ring of 40 items (next = +1 or +2)."""
+def write_log(path: Path, meta: Path, seed: int = 0) -> None:
+    """A small log with sequential structure (users walk a ring of 40 items, next = +1 or +2) and a
+    metadata table with a text per item (iDreamRec reads item texts)."""
+    with open(meta, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item", "title"])
+        for j in range(40):
+            w.writerow([f"i{j}", f"item {j} of shelf {j // 8}"])
     rng = random.Random(seed)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -61,12 +67,15 @@ def main() -> None:
     if listing.returncode != 0:
         fail("import dreamrec", listing)
     models: dict[str, dict] = json.loads(listing.stdout)
+    if os.environ.get("SMOKE_MODELS"):  # a subset, when debugging the smoke itself
+        models = {m: models[m] for m in os.environ["SMOKE_MODELS"].split(",")}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_log(root / "log.csv")
+        write_log(root / "log.csv", root / "items.csv")
         run("prepare", [cli, "prepare", str(root / "log.csv"), "--format", "csv", "--user-col", "user",
-                        "--item-col", "item", "--time-col", "ts", "--out", str(root / "data")])
+                        "--item-col", "item", "--time-col", "ts", "--item-meta", str(root / "items.csv"),
+                        "--out", str(root / "data")])
         for name, params in models.items():
             print(f"{name}:", flush=True)
             config = root / f"{name}.json"  # JSON is YAML: no YAML writer needed here

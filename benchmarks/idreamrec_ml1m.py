@@ -40,8 +40,9 @@ from dreamrec.config import apply_overrides, build_run_config, load_yaml  # noqa
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.coldstart import cold_start_split, evaluate_cold_start  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
-from dreamrec.models.idreamrec import IDreamRec, IDreamRecConfig, evaluate_with_intents  # noqa: E402
-from dreamrec.text.item_text import topic_text  # noqa: E402
+from dreamrec.eval.intents import evaluate_with_intents
+from dreamrec.models.idreamrec import IDreamRec, IDreamRecConfig  # noqa: E402
+from dreamrec.data.synthetic import topic_text  # noqa: E402
 from dreamrec.train.trainer import seed_everything, train  # noqa: E402
 
 KS = (5, 10, 20)

@@ -38,7 +38,8 @@ from compare_segments import expand_runs  # noqa: E402
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.metrics import metrics_from_ranks  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
-from dreamrec.models.new_items import new_item_mask, ranks_by_offset  # noqa: E402
+from dreamrec.eval.new_items import ranks_by_offset  # noqa: E402
+from dreamrec.models.new_items import new_item_mask  # noqa: E402
 from dreamrec.train.run import load_run  # noqa: E402
 
 OUT = RESULTS / "new_items"

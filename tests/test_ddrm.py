@@ -14,7 +14,7 @@ from dreamrec.data.batching import Batch
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.ddrm import DDRM
-from dreamrec.models.sasrec import sample_negatives
+from dreamrec.nn.losses import sample_negatives
 
 SMALL = {"hidden": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "timesteps": 4}
 HISTORIES = torch.tensor([[0, 0, 0, 0], [0, 3, 1, 4], [5, 6, 12, 2]])

@@ -12,10 +12,11 @@ from dreamrec.data.synthetic import SyntheticConfig, generate
 from dreamrec.diffusion.multi_guidance import TwoConditionGuidance, combine_two_conditions, guidance_branches
 from dreamrec.eval.coldstart import cold_start_split, evaluate_cold_start
 from dreamrec.eval.evaluate import evaluate
-from dreamrec.models.idreamrec import IDreamRec, IDreamRecConfig, evaluate_with_intents
+from dreamrec.eval.intents import evaluate_with_intents
+from dreamrec.models.idreamrec import IDreamRec, IDreamRecConfig
 from dreamrec.models.popularity import Popularity
 from dreamrec.nn.dit import DiTContext, InContextDiT
-from dreamrec.text.item_text import topic_text
+from dreamrec.data.synthetic import topic_text
 from dreamrec.train.trainer import train
 
 FAST = dict(text_encoder="hashing:32", hidden=32, n_layers=1, n_heads=2, timesteps=100, beta_end=0.2,

@@ -11,7 +11,7 @@ import torch
 from dreamrec.data.batching import Batch
 from dreamrec.data.dataset import PreparedDataset, SampleRows, Sequences
 from dreamrec.models import build_model
-from dreamrec.models.sasrec import sample_negatives
+from dreamrec.nn.losses import sample_negatives
 from dreamrec.nn.encoders import GRUEncoder, TransformerEncoder, attention_mask
 
 N_ITEMS = 12
@@ -237,7 +237,7 @@ def test_encoders_zero_padding_outputs() -> None:
 
 
 def test_chunked_softmax_cross_entropy_matches_reference() -> None:
-    from dreamrec.models.sasrec import softmax_cross_entropy
+    from dreamrec.nn.losses import softmax_cross_entropy
 
     torch.manual_seed(0)
     n_items = 2000

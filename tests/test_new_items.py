@@ -18,7 +18,8 @@ from dreamrec.data.synthetic import SyntheticConfig, generate
 from dreamrec.eval.coldstart import cold_start_split
 from dreamrec.eval.evaluate import rank_targets
 from dreamrec.models import build_model
-from dreamrec.models.new_items import NewItemScoring, new_item_mask, ranks_by_offset, standardise
+from dreamrec.eval.new_items import ranks_by_offset
+from dreamrec.models.new_items import NewItemScoring, new_item_mask, standardise
 from dreamrec.train.run import train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -113,13 +113,13 @@ def test_item_metadata(tmp_path, small_synthetic):
 
 def test_ids_that_do_not_fit_never_match():
     """Booleans, floats and non-ASCII digit strings are not item ids, whatever the catalog type."""
-    from dreamrec.data.dataset import _coerce_id
+    from dreamrec.data.dataset import coerce_id
 
     index = {1: 1, 42: 2, "7": 3}
-    assert _coerce_id(42, index) == 42 and _coerce_id("42", index) == 42 and _coerce_id(" 42 ", index) == 42
-    assert _coerce_id(7, index) == "7" and _coerce_id(np.int64(42), index) == 42
+    assert coerce_id(42, index) == 42 and coerce_id("42", index) == 42 and coerce_id(" 42 ", index) == 42
+    assert coerce_id(7, index) == "7" and coerce_id(np.int64(42), index) == 42
     for bad in (True, 1.0, np.float64(42.0), "4_2", "+42", "٤٢", None):
-        assert _coerce_id(bad, index) is None, bad
+        assert coerce_id(bad, index) is None, bad
 
 
 def test_exclude_seen_covers_history_beyond_the_window(tmp_path, small_synthetic):

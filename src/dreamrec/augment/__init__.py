@@ -5,8 +5,9 @@
   ``dreamrec augment DATA --out OUT --set M=10 ...`` does both from the command line.
 """
 from dreamrec.augment.data import augment_dataset, selected, training_pairs
-from dreamrec.augment.diffuasr import DiffuASRConfig, DiffuASRGenerator, diffuasr_config, train_diffuasr
+from dreamrec.augment.diffuasr import DiffuASRConfig, DiffuASRGenerator, diffuasr_config
 from dreamrec.augment.sunet import SUNet
+from dreamrec.augment.train import train_diffuasr
 
 __all__ = [
     "DiffuASRConfig",

@@ -141,3 +141,16 @@ def n_seq2seq(train: TrainData, max_len: int) -> int:
     if isinstance(train, SampleRows):
         return len(train)
     return len(seq2seq_windows(train, max_len)[0])
+
+
+def labelled_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool mask ``[B, L]`` of positions carrying a label, their labels ``[N]``).
+
+    In ``pairs`` batches (``labels is None``) only the last position is labelled, with ``target``.
+    """
+    if batch.labels is None:
+        mask = torch.zeros_like(batch.history, dtype=torch.bool)
+        mask[:, -1] = batch.target > 0
+        return mask, batch.target[batch.target > 0]
+    mask = batch.labels > 0
+    return mask, batch.labels[mask]

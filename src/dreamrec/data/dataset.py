@@ -152,7 +152,7 @@ class PreparedDataset:
         index = self.item_index()
         known, unknown = [], []
         for x in ids:
-            key = _coerce_id(x, index)
+            key = coerce_id(x, index)
             if key is None:
                 unknown.append(x)
             else:
@@ -165,7 +165,7 @@ class PreparedDataset:
         if idx.size and (idx.min() < 1 or idx.max() > self.n_items):
             raise ValueError(f"internal item ids must lie in 1..{self.n_items}")
         arr = self.item_ids.to_numpy()
-        return [_py(v) for v in arr[idx - 1]]
+        return [python_scalar(v) for v in arr[idx - 1]]
 
     def train_item_counts(self) -> np.ndarray:
         """Interaction count per internal id (index 0 = padding, always 0) in the training data.
@@ -321,7 +321,7 @@ def _rmtree(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
-def _py(v: Any) -> Any:
+def python_scalar(v: Any) -> Any:
     """NumPy scalar -> plain Python value (JSON-friendly)."""
     return v.item() if isinstance(v, np.generic) else v
 
@@ -337,7 +337,7 @@ def _json_default(o: Any) -> Any:
 _INT_TEXT = re.compile(r"-?[0-9]+")
 
 
-def _coerce_id(x: Any, index: dict[Any, int]) -> Any | None:
+def coerce_id(x: Any, index: dict[Any, int]) -> Any | None:
     """The catalog key ``x`` stands for, or None.
 
     Exact keys match as they are; a string of ASCII digits also matches an integer id (``"42"``

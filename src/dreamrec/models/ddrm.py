@@ -53,9 +53,9 @@ from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import linear_variance_betas
 from dreamrec.models.base import ModelConfig, SequentialRecommender, check_sampler_steps, switch_sampler
 from dreamrec.models.dreamrec import history_mean
-from dreamrec.models.sasrec import sample_negatives
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
 from dreamrec.nn.encoders import TRIM_PADDING_HELP, TransformerEncoder, TrimPadding
+from dreamrec.nn.losses import sample_negatives
 
 
 class DDRMConfig(ModelConfig):

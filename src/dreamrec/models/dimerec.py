@@ -41,9 +41,9 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, check_sampler_steps, switch_sampler
-from dreamrec.models.sasrec import softmax_cross_entropy
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser
 from dreamrec.nn.encoders import item_table
+from dreamrec.nn.losses import softmax_cross_entropy
 
 
 class DimeRecConfig(ModelConfig):

@@ -47,8 +47,6 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.multi_guidance import TwoConditionGuidance, drop_mask, guidance_branches
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
-from dreamrec.eval.evaluate import rank_targets
-from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.nn.dit import DiTContext, InContextDiT
 from dreamrec.text.encoders import DEFAULT_TEXT_ENCODER, TextEncoder, build_text_encoder, text_encoder_dim
@@ -295,25 +293,3 @@ class IDreamRec(SequentialRecommender):
         """Change how :meth:`generate` samples without retraining (``steps`` is set whenever
         ``sampler`` is given; other None arguments keep their value). Updates ``self.config``."""
         switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w, intent_rho=intent_rho)
-
-
-@torch.no_grad()
-def evaluate_with_intents(
-    model: IDreamRec,
-    rows: Any,
-    intents: list[str | None] | None,
-    *,
-    ks: tuple[int, ...] | list[int] = DEFAULT_KS,
-    batch_size: int = 1024,
-    seed: int = 0,
-    return_topk: int = 0,
-) -> dict[str, Any]:
-    """Full-ranking HR/NDCG/MRR@K of ``model`` on ``rows`` (:class:`SampleRows`) with one intention
-    text (or None) per row (:func:`~dreamrec.eval.evaluate.rank_targets` with ``intents``);
-    ``return_topk > 0`` adds ``"topk"`` (internal ids [N, k]). Seeded."""
-    ranked = rank_targets(model, rows, batch_size=batch_size, seed=seed, intents=intents, topk=return_topk)
-    ranks, top = ranked if return_topk else (ranked, None)
-    out: dict[str, Any] = metrics_from_ranks(ranks, ks)
-    if return_topk:
-        out["topk"] = top
-    return out

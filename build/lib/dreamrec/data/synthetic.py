@@ -132,6 +132,11 @@ def topic_words(k: int) -> tuple[str, ...]:
     return (f"theme{k}", f"motif{k}", f"genre{k}")
 
 
+def topic_text(k: int) -> str:
+    """The intention text of topic ``k`` (iDreamRec's ``intent_source: topic``): its words joined by spaces."""
+    return " ".join(topic_words(k))
+
+
 def _parameters(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     k_n, n = cfg.n_topics, cfg.n_items
     # balanced random topic assignment
@@ -234,7 +239,8 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
         order = rng.permutation(len(words))
         texts.append(" ".join(words[i] for i in order[: max(3, len(words) - 1)]) + f" {item_orig[j]}")
     item_text = pd.DataFrame(
-        {"text": texts, "topic": params["item_topic"].astype(np.int64)},
+        {"text": texts, "topic": params["item_topic"].astype(np.int64),
+         "topic_text": [topic_text(int(k)) for k in params["item_topic"]]},
         index=pd.Index(item_orig, name="item"),
     )
 

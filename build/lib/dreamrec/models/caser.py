@@ -24,8 +24,8 @@ from torch import nn
 
 from dreamrec.data.batching import Batch
 from dreamrec.models.base import ModelConfig, SequentialRecommender
-from dreamrec.models.sasrec import softmax_cross_entropy
 from dreamrec.nn.dropout import Dropout
+from dreamrec.nn.losses import softmax_cross_entropy
 
 
 class CaserConfig(ModelConfig):

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from dreamrec.data.batching import Batch
+from dreamrec.data.batching import Batch, labelled_positions
 from dreamrec.models.base import ModelConfig, SequentialRecommender
-from dreamrec.models.sasrec import SASRecConfig, labelled_positions, sasrec_encoder, softmax_cross_entropy
+from dreamrec.models.sasrec import SASRecConfig, sasrec_encoder
+from dreamrec.nn.losses import softmax_cross_entropy
 
 
 class CL4SRecConfig(SASRecConfig):

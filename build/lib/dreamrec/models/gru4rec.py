@@ -13,9 +13,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dreamrec.data.batching import Batch
+from dreamrec.data.batching import Batch, labelled_positions
 from dreamrec.models.base import ModelConfig, SequentialRecommender
-from dreamrec.models.sasrec import labelled_positions, softmax_cross_entropy
+from dreamrec.nn.losses import softmax_cross_entropy
 from dreamrec.nn.encoders import GRUEncoder
 
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dreamrec.data.dataset import _coerce_id, _py
+from dreamrec.data.dataset import coerce_id, python_scalar
 from dreamrec.eval.evaluate import exclude_history, seeded_rng
 from dreamrec.retrieval.base import ItemIndex, build_index
 from dreamrec.retrieval.exact import topk_from_scores
@@ -100,7 +100,7 @@ class Recommender:
         self.supports_intent = bool(getattr(self.model, "supports_intent", False))
         ids = self.run.item_ids.tolist()
         self._index = {k: i + 1 for i, k in enumerate(ids)}
-        self._ids = np.asarray([_py(v) for v in ids], dtype=object)
+        self._ids = np.asarray([python_scalar(v) for v in ids], dtype=object)
         self._lock = threading.Lock()
         # training counts for the popularity answer to an empty history (runs from before they were kept: none)
         counts = self.run.items.get("train_count")
@@ -146,7 +146,7 @@ class Recommender:
 
     def lookup(self, item_id: Any) -> int | None:
         """Internal id (1..n) of an original id, or None if it is not in the catalog."""
-        key = _coerce_id(item_id, self._index)
+        key = coerce_id(item_id, self._index)
         return None if key is None else self._index[key]
 
     def item(self, item_id: Any) -> dict[str, Any] | None:
@@ -213,7 +213,7 @@ class Recommender:
             keep = np.isfinite(top_s[i])
             out.append(
                 Recommendation(
-                    items=[_py(v) for v in self._ids[top_i[i][keep] - 1]],
+                    items=[python_scalar(v) for v in self._ids[top_i[i][keep] - 1]],
                     scores=[float(s) for s in top_s[i][keep]],
                     unknown=unknown,
                     truncated=len(known) > width,
@@ -233,7 +233,7 @@ class Recommender:
             exclude_seen=exclude_seen,
         ) if rest else []
         order = np.argsort(-self._popularity, kind="stable")[:k]
-        top = [_py(v) for v in self._ids[order]]
+        top = [python_scalar(v) for v in self._ids[order]]
         out: list[Recommendation] = []
         it = iter(ranked)
         for i, empty in enumerate(no_context):
@@ -296,7 +296,7 @@ def _pad_rows(rows: list[list[int]]) -> np.ndarray:
 
 def _json_value(v: Any) -> Any:
     """A metadata cell as a JSON-safe value (NaN/NA -> None, NumPy scalars -> Python)."""
-    v = _py(v)
+    v = python_scalar(v)
     if isinstance(v, np.ndarray):
         return [_json_value(x) for x in v.tolist()]
     if isinstance(v, float) and not np.isfinite(v):

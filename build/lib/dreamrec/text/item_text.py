@@ -73,7 +73,7 @@ def item_intent_texts(
 
     ``genres``: one ``template.format(genre)`` per genre of the ``|``-joined ``genres`` column
     (``"a Comedy movie"``); ``topic``: the synthetic data's topic words (``"jazz saxophone evening
-    club"``, :func:`dreamrec.data.synthetic.topic_words`); ``none``: no intentions.
+    club"``, its ``topic_text`` column, :func:`dreamrec.data.synthetic.topic_text`); ``none``: no intentions.
     """
     if source == "none":
         return [[] for _ in range(len(meta))]
@@ -82,17 +82,10 @@ def item_intent_texts(
             raise ValueError("intent_source 'genres' needs a 'genres' metadata column")
         return [[template.format(g) for g in str(v).split("|") if g] if isinstance(v, str) else [] for v in meta["genres"]]
     if source == "topic":
-        if "topic" not in meta.columns:
-            raise ValueError("intent_source 'topic' needs a 'topic' metadata column")
-        return [[topic_text(int(k))] if pd.notna(k) else [] for k in meta["topic"]]
+        if "topic_text" not in meta.columns:
+            raise ValueError("intent_source 'topic' needs a 'topic_text' metadata column (the synthetic data's)")
+        return [[str(t)] if isinstance(t, str) and t else [] for t in meta["topic_text"]]
     raise ValueError(f"unknown intent source {source!r}; expected none, genres or topic")
-
-
-def topic_text(k: int) -> str:
-    """The intention text of synthetic topic ``k``: its words joined by spaces."""
-    from dreamrec.data.synthetic import topic_words
-
-    return " ".join(topic_words(k))
 
 
 # ---- optional LLM descriptions ------------------------------------------------------------
