@@ -1,4 +1,4 @@
-"""The one contract every model follows (see DESIGN: models produce queries, retrieval ranks).
+"""The one contract every model follows (docs/architecture.md: models produce queries, retrieval ranks).
 
 A model is a ``torch.nn.Module`` built from ``(n_items, max_len, config)``. It
 
