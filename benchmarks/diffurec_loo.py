@@ -59,13 +59,13 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
 # caveats printed under the table for the rows that have them
 CAVEATS = {
     "sasrec-ce": "early stopping with patience 5, as every row; on Beauty, patience 15 (3 seeds, stopped at epochs "
-                 "66-75) gives HR@20 12.25 ± 0.12, NDCG@20 5.16 ± 0.03 (experiments/dreamrec/NOTES.md, session 13)",
+                 "66-75) gives HR@20 12.25 ± 0.12, NDCG@20 5.16 ± 0.03 (benchmarks/experiments/dreamrec/NOTES.md, session 13)",
     "cl4srec": "lambda, similarity and tau chosen on validation NDCG@20 (seed 0) among the paper's 0.1 / dot / 1 and "
-               "three other settings, trained with bf16 autocast (experiments/baselines/NOTES.md); on Beauty, "
+               "three other settings, trained with bf16 autocast (benchmarks/experiments/baselines/NOTES.md); on Beauty, "
                "patience 15 (3 seeds, fp32, selected epochs 46-85) gives HR@20 12.15 ± 0.13, NDCG@20 5.12 ± 0.04 "
-               "(experiments/dreamrec/NOTES.md, session 15)",
+               "(benchmarks/experiments/dreamrec/NOTES.md, session 15)",
     "dreamrec": "the paper's method (Zhihu selection T 200, w 0); its item table collapses on these splits "
-                "(experiments/dreamrec/NOTES.md)",
+                "(benchmarks/experiments/dreamrec/NOTES.md)",
     "dreamrec-ce-res-s8": "the best Zhihu recipe (configs/dreamrec/<dataset>-ce-res-s8.yaml: SASRec's encoder, a residual "
                           "mlp2 denoiser with dropout, the CE of the one-step query alone, correction_scale 8 taken from "
                           "Zhihu validation, not tuned here), trained on SASRec's windows (train_batches seq2seq) with "
@@ -79,17 +79,17 @@ CAVEATS = {
                           "their recorded seconds cover the resumed part only. With patience 15 instead of 5 (Beauty, "
                           "the same 3 seeds continued from their checkpoints) it gets HR@20 11.97 ± 0.28 / NDCG@20 "
                           "5.45 ± 0.05, while SASRec-CE at patience 15 rises to 12.25 ± 0.12 / 5.16 ± 0.03: ahead on "
-                          "HR@20, behind on NDCG (experiments/dreamrec/NOTES.md, session 13)",
+                          "HR@20, behind on NDCG (benchmarks/experiments/dreamrec/NOTES.md, session 13)",
     "diffurec": "the authors train for about 100 epochs or more; ours ran inside a time budget on a shared GPU "
                 "(bf16; ML-1M: 11 minutes beside 8 other jobs, 5-8 epochs), see the stop notes below. Trained to "
                 "convergence on the CPU (seed 0 of beauty: early stop at epoch 81, then patience 15 and a 10x "
                 "learning-rate decay), it reaches test HR@20 9.50-9.55 %, "
-                "still below the published 11.11 (benchmarks/README.md, training curves; experiments/diffurec/NOTES.md)",
+                "still below the published 11.11 (benchmarks/README.md, training curves; benchmarks/experiments/diffurec/NOTES.md)",
     "diffurecsys-xattn": "as diffurec; without offset noise two of three seeds were slow to start (validation "
                          "HR@20 below 3 % for ten epochs, still rising at the budget)",
     "diffurecsys-xattn-offset": "as diffurec; seed 0 of beauty continued on the CPU to epoch 56 reaches 9.06 %, "
                                 "epoch for epoch on DiffuRec's curve. The published 14.00 was measured on RecBole's "
-                                "Beauty with a window of 100, not on this split (experiments/diffurec/NOTES.md)",
+                                "Beauty with a window of 100, not on this split (benchmarks/experiments/diffurec/NOTES.md)",
 }
 
 
