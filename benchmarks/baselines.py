@@ -6,7 +6,7 @@ Zhihu keeps the DreamRec authors' split (window 10); Beauty and ML-1M keep the D
 leave-one-out split with history window 50 (DiffuRec's max_len; the published SASRec numbers
 quoted beside them, Beauty 8.98 % and ML-1M 28.32 % HR@20, come from the DiffuRec paper's table.
 SASRec's own paper used 200 on ML-1M; set ``SOURCES`` to change it).
-Configs: ``configs/baselines/<dataset>/<variant>.yaml``. Results: ``benchmarks/results/``.
+Configs: ``configs/<model>/<dataset>[-variant].yaml`` (see ``BASELINES``). Results: ``benchmarks/results/``.
 Prepared data goes to ``<work>/data/<dataset>`` and is reused only when it was prepared from the
 same source file and format with the same window (:func:`ensure_prepared`); otherwise it is
 prepared again. benchmarks/diffurec_loo.py uses the same data, names and work folder, so the two
@@ -26,7 +26,24 @@ from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.data.prepare import prepare_source  # noqa: E402
 from dreamrec.errors import DreamrecError  # noqa: E402
 
-CONFIGS = ROOT.parent / "configs" / "baselines"
+CONFIGS = ROOT.parent / "configs"
+# result variant -> its config, relative to configs/ ({d} = the dataset); variants without a file are skipped
+BASELINES = {
+    "popularity": "popularity/{d}.yaml",
+    "gru4rec": "gru4rec/{d}.yaml",
+    "caser": "caser/{d}.yaml",
+    "cl4srec": "cl4srec/{d}.yaml",
+    "sasrec-bce": "sasrec/{d}.yaml",
+    "sasrec-ce": "sasrec/{d}-ce.yaml",
+    "sasrec-ce-b2048": "sasrec/{d}-ce-b2048.yaml",
+    "sasrec-ce-b2048-do0.6": "sasrec/{d}-ce-b2048-do0.6.yaml",
+}
+
+
+def baseline_configs(dataset: str) -> list[tuple[str, Path]]:
+    """(variant, config path) of every baseline committed for ``dataset``, by variant name."""
+    found = [(v, CONFIGS / rel.format(d=dataset)) for v, rel in BASELINES.items()]
+    return sorted((v, p) for v, p in found if p.exists())
 SOURCES = {"zhihu": ("dreamrec", None), "beauty": ("diffurec", 50), "ml-1m": ("diffurec", 50)}
 
 
@@ -75,11 +92,11 @@ def main() -> None:
             continue
         fmt, window = SOURCES[name]
         data_dir = ensure_prepared(src, fmt, window, args.work / "data" / name)
-        for cfg in sorted((CONFIGS / name).glob("*.yaml")):
-            if args.variants and cfg.stem not in args.variants:
+        for variant, cfg in baseline_configs(name):
+            if args.variants and variant not in args.variants:
                 continue
-            print(f"== {name} / {cfg.stem}", flush=True)
-            run_variant(dataset_name=name, data_dir=data_dir, config_path=cfg, seeds=args.seeds,
+            print(f"== {name} / {variant}", flush=True)
+            run_variant(dataset_name=name, data_dir=data_dir, config_path=cfg, variant=variant, seeds=args.seeds,
                         runs_dir=args.work / "runs", results_dir=args.results, overrides=args.overrides)
 
 

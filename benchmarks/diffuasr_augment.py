@@ -2,7 +2,7 @@
 DiffuASR-augmented copy, with the same seeds and protocol (benchmarks/bench.py's ``run_variant``).
 
     python benchmarks/diffuasr_augment.py --data runs/bench/data/beauty --dataset beauty \\
-        --config configs/baselines/beauty/sasrec-ce.yaml --seeds 0 1 2 \\
+        --config configs/sasrec/beauty-ce.yaml --seeds 0 1 2 \\
         --augment-set M=10 epochs=200 augment_below=20 [--set train.epochs=100 ...]
 
 The generator is fitted on the training split only and the augmented dataset written once to

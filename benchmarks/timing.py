@@ -16,7 +16,7 @@ For each model (built from its config, initial weights: speed does not depend on
 
 Writes ``benchmarks/results/timing/{dataset}.json`` and ``benchmarks/TIMING.md`` (``--quick``:
 synthetic data, written to runs/quick/timing). Configs: ``configs/dreamrec/zhihu.yaml`` and
-``configs/baselines/zhihu/sasrec-ce.yaml`` unless ``--config MODEL=PATH``.
+``configs/sasrec/zhihu-ce.yaml`` unless ``--config MODEL=PATH``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from dreamrec.train.run import resolve  # noqa: E402
 from dreamrec.train.trainer import batches, make_optimizer, seed_everything, train_step  # noqa: E402
 
 CONFIGS = {"dreamrec": ROOT.parent / "configs/dreamrec/zhihu.yaml",
-           "sasrec": ROOT.parent / "configs/baselines/zhihu/sasrec-ce.yaml"}
+           "sasrec": ROOT.parent / "configs/sasrec/zhihu-ce.yaml"}
 # the authors' DreamRec code on this machine (see the issue): 18.5 s per epoch of 61,641 samples;
 # evaluation with 500-step DDPM about 8 s per 1,000 sequences
 REFERENCE = {"train_samples_per_s": 61_641 / 18.5, "eval_s_per_1k": 8.0}

@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         data = quick_data(QUICK_DIR)
-        args.run = [("sasrec-synthetic", data, ROOT / "configs/baselines/zhihu/sasrec-ce.yaml")]
+        args.run = [("sasrec-synthetic", data, ROOT / "configs/sasrec/zhihu-ce.yaml")]
         args.batches, args.warmup, args.repeat, args.rounds = 3, 1, 1, 1
         args.out = QUICK_DIR / "timing"
     if not args.run:
