@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "models": 3, "augment": 3,
     "train": 4, "eval": 4, "retrieval": 4,
     "serve": 5,
-    "cli": 6, "demo": 6,
+    "cli": 6, "demo": 6, "bench": 6,
 }
 
 

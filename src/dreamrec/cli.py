@@ -446,6 +446,31 @@ def augment(
                            "n_train": entry["n_train"], "M": cfg.M, **augmented.summary()}))
 
 
+@app.command()
+def bench(
+    table: Path = typer.Argument(..., help="A table spec (configs/tables/<name>.yaml)."),
+    data: Path = typer.Option(..., "--data", "-d", help="The published split the table is on (a file or folder)."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Prepared data and run directories (reused)."),
+    results: Optional[Path] = typer.Option(None, help="Where <name>.json and <name>.md go (default OUT/results)."),
+    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds to run (repeatable; default the spec's)."),
+    rows: Optional[str] = typer.Option(None, help="Comma-separated row names (default every row)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override for every row: key=value. Repeatable."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be trained, resumed or reused, and the CPU time."),
+) -> None:
+    """Reproduce a paper table: prepare the split, train each row over the seeds with its committed config,
+    write JSON and a Markdown table (mean ± std, Welch's p against the best baseline)."""
+    from dreamrec.bench import run_table
+
+    try:
+        result = run_table(table, data, out, results_dir=results, seeds=seeds or None,
+                           rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+                           overrides=set_ or [], dry_run=dry_run, log=_echo)
+    except (DreamrecError, ValueError) as e:
+        _fail(e)
+    if isinstance(result, str):
+        typer.echo(result)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,87 @@
+"""``dreamrec bench``: a table spec -> prepared split, runs over seeds (reused when done), JSON + Markdown with
+mean ± std and Welch's p against the best baseline; ``--dry-run`` plans without training."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dreamrec.bench import summarise, load_spec, welch_p
+from dreamrec.cli import app
+from dreamrec.errors import ConfigError
+
+
+@pytest.fixture()
+def spec(tmp_path: Path, small_synthetic) -> tuple[Path, Path]:
+    log = small_synthetic.interactions.rename(columns={"user": "user_id", "item": "item_id"})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    (tmp_path / "pop.yaml").write_text("model: popularity\n")
+    (tmp_path / "sas.yaml").write_text("model: sasrec\nparams: {hidden: 16, n_layers: 1}\ntrain: {epochs: 2}\n")
+    (tmp_path / "table.yaml").write_text(
+        "name: tiny\ntitle: Tiny table\nformat: csv\nprotocol: loo\nseeds: [0, 1]\nmetrics: [HR@20, NDCG@20]\n"
+        "rows:\n"
+        "  - {name: popularity, config: pop.yaml, baseline: true, cpu_minutes: 0.5}\n"
+        "  - {name: sasrec, config: sas.yaml, cpu_minutes: 2, published: {HR@20: 12.5}}\n")
+    return tmp_path / "table.yaml", tmp_path / "log.csv"
+
+
+def test_bench_trains_writes_and_reuses(spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table, log = spec
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "sasrec" in r.stdout and "estimated CPU time: 5 minutes" in r.stdout  # 2 x 0.5 + 2 x 2
+
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "out" / "results" / "tiny.json").read_text())
+    assert rec["best_baseline"] == "popularity" and rec["rows"]["sasrec"]["seeds"] == [0, 1]
+    for name in ("popularity", "sasrec"):
+        runs = [json.loads((tmp_path / "out" / "runs" / "tiny" / name / f"seed{s}" / "metrics.json").read_text())
+                for s in (0, 1)]
+        values = [m["test"]["HR@20"] for m in runs]
+        assert rec["rows"][name]["HR@20"]["values"] == values
+        assert rec["rows"][name]["HR@20"]["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (tmp_path / "out" / "results" / "tiny.md").read_text()
+    assert "| sasrec |" in md and "12.50" in md and "p vs popularity" in md
+
+    # a second call reuses every finished seed: nothing trains
+    import dreamrec.bench as bench
+
+    monkeypatch.setattr(bench, "train_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert "estimated CPU time: 0 minutes" in r.stdout
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"),
+                            "--rows", "sasrec"])
+    assert r.exit_code == 0, r.output
+    # a changed config does not silently reuse the old runs
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"),
+                            "--set", "train.lr=0.01", "--rows", "sasrec"])
+    assert r.exit_code == 2 and "another config" in r.output
+
+
+def test_welch_p_by_hand_and_bad_specs(spec, tmp_path: Path) -> None:
+    a, b = [0.10, 0.12, 0.11], [0.05, 0.06, 0.08]
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 3
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    from scipy import stats
+
+    assert welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert welch_p([0.1], b) is None
+    table, _ = spec
+    s = load_spec(table)
+    summary = summarise(s, {"popularity": [{"seed": 0, "HR@20": 0.1, "NDCG@20": 0.05}],
+                            "sasrec": [{"seed": 0, "HR@20": 0.2, "NDCG@20": 0.1}]})
+    assert summary["rows"]["sasrec"]["p_vs_best_baseline"] == {"HR@20": None, "NDCG@20": None}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(table.read_text().replace("config: sas.yaml", "config: missing.yaml"))
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_spec(bad)
+    bad.write_text(table.read_text().replace("format: csv", "format: excel"))
+    with pytest.raises(ConfigError, match="format='excel'"):
+        load_spec(bad)
