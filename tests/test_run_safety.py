@@ -2,7 +2,8 @@
 
 * ``train --resume`` checks the new settings against the run's before writing anything;
 * writing into an existing output needs ``--overwrite`` and never deletes files dreamrec did not write;
-* files and folders get the umask's permissions, and temporaries of killed writes are cleaned up.
+* files and folders get the umask's permissions, and temporaries of killed writes are cleaned up;
+* a model too large for memory is refused from its config, before anything is allocated.
 """
 import json
 import os
@@ -223,3 +224,45 @@ def test_a_killed_save_leaves_temporaries_the_next_save_removes(tmp_path, small_
     assert leftovers, "the killed save left no temporary folder: the test did not kill it mid-save"
     small_synthetic.dataset.save(tmp_path / "data")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".my-own-hidden", "data", "src"]
+
+
+# ---- item 10: a model too large for memory is refused before allocation ------------------------------
+def test_a_config_too_large_for_memory_is_refused_on_load(finished_run, monkeypatch):
+    from dreamrec.errors import ConfigError
+    from dreamrec.train.run import load_run
+
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["params"]["hidden"] = 4096  # about 200 MB of weights: over the 0.05 GB limit set here
+    (finished_run / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("DREAMREC_MAX_MEMORY_GB", "0.05")
+    with pytest.raises(ConfigError, match=r"params\.hidden=4096.*DREAMREC_MAX_MEMORY_GB"):
+        load_run(finished_run)
+
+
+def test_a_huge_config_fails_clearly_in_every_command(finished_run, data_dir):
+    """hidden=50000000 would need tens of GB: every command says so instead of allocating it."""
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["params"]["hidden"] = 50_000_000
+    (finished_run / "config.yaml").write_text(yaml.safe_dump(config))
+    for args in (("evaluate", finished_run), ("recommend", finished_run, "--history", "1"), ("serve", finished_run)):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "params.hidden=50000000" in r.output and "GB" in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+    r = invoke("train", "--data", data_dir, "--out", finished_run.parent / "big", "--model", "sasrec",
+               "--set", "hidden=50000000", "--no-progress")
+    assert r.exit_code == 2 and "params.hidden=50000000" in r.output, r.output
+    assert not (finished_run.parent / "big").exists()
+
+
+@pytest.mark.parametrize("name", ["sasrec", "dreamrec", "diffurec", "diffrec", "ddrm"])
+def test_the_footprint_from_the_config_is_the_built_models(name):
+    """Measured with the large tensors on the meta device (20,000 items x 64 is over META_FROM), yet exactly the
+    real model's bytes."""
+    from dreamrec.models import build_model
+    from dreamrec.models.memory import META_FROM, model_footprint
+
+    f = model_footprint(name, 20_000, 20)
+    assert f is not None and f.largest_shape[0] * f.largest_shape[1] >= META_FROM
+    model = build_model(name, 20_000, 20)
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    assert f.n_bytes == sum(t.numel() * t.element_size() for t in tensors)

@@ -8,9 +8,9 @@
   ``metrics.json``      best validation metrics, test metrics, best epoch
   ``log.jsonl``         one line per epoch; ``checkpoint/`` for ``--resume``
 
-Nothing is written before every check has passed: the output folder (:func:`check_run_dir`) and, on
-``--resume``, the new settings against the run's (:mod:`dreamrec.train.resume`), its item catalog and its
-checkpoint.
+Nothing is written before every check has passed: the output folder (:func:`check_run_dir`), the model's
+size against memory (:func:`dreamrec.models.memory.check_model_memory`) and, on ``--resume``, the new
+settings against the run's (:mod:`dreamrec.train.resume`), its item catalog and its checkpoint.
 """
 from __future__ import annotations
 
@@ -32,11 +32,14 @@ from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
+from dreamrec.models.memory import check_model_memory
 
 # every file and folder `dreamrec train` writes into a run directory
 RUN_FILES = frozenset(
     {"config.yaml", "run.json", "items.parquet", "model.safetensors", "metrics.json", "log.jsonl", "checkpoint"}
 )
+TRAIN_COPIES = 4  # weights, gradients and Adam's two moments live at once while training
+LOAD_COPIES = 2  # the weights and the file's tensors while loading
 
 
 def check_run_dir(out_dir: str | Path, data_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False) -> None:
@@ -117,6 +120,10 @@ def train_run(
     out_dir = Path(out_dir)
     check_run_dir(out_dir, data_dir, resume=resume, overwrite=overwrite)
     dataset = dataset if dataset is not None else PreparedDataset.load(data_dir)
+    # on the CPU all copies live in this machine's memory; on a GPU it holds the initial weights only
+    check_model_memory(config.model, dataset.n_items, config.train.max_len or dataset.max_len, config.params,
+                       copies=TRAIN_COPIES if config.train.device == "cpu" else 1, purpose="train",
+                       source=f"--out {out_dir}")
 
     env, device = distributed.setup(config.train.device)
     if config.train.threads:
@@ -257,6 +264,8 @@ def load_run(
     config = build_run_config(data, str(run_dir / "config.yaml"))
     info = json.loads((run_dir / "run.json").read_text())
     n_items, max_len = int(info["n_items"]), int(info["max_len"])
+    check_model_memory(config.model, n_items, max_len, config.params, copies=LOAD_COPIES, purpose="load",
+                       source=str(run_dir / "config.yaml"))
     model = build_model(config.model, n_items, max_len, config.params)
     load_weights(model, run_dir / "model.safetensors")
     options = {k: v for k, v in (sampler_options or {}).items() if v is not None}
