@@ -98,7 +98,8 @@ def test_resume_allows_a_learning_rate_schedule_only_where_it_keeps_the_trained_
 
 
 def test_resume_without_a_model_continues_under_the_runs_config(finished_run, data_dir):
-    r = invoke("train", "--data", data_dir, "--out", finished_run, "--resume", "--no-progress", "--set", "train.epochs=3")
+    r = invoke("train", "--data", data_dir, "--out", finished_run, "--resume", "--no-progress",
+               "--set", "train.epochs=3")
     assert r.exit_code == 0, r.output
     config = yaml.safe_load((finished_run / "config.yaml").read_text())
     assert config["model"] == "sasrec" and config["params"]["hidden"] == 16 and config["train"]["epochs"] == 3

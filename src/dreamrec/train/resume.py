@@ -73,7 +73,9 @@ def resume_changes(old: RunConfig, new: RunConfig, trained_epochs: int, where: s
         if k in FREE or (k in SCHEDULE and epoch is None):
             allowed[f"train.{k}"] = [a[k], b[k]]
         elif k in SCHEDULE:
-            refused.append(f"train.{k}: {a[k]!r} -> {b[k]!r} (changes the learning rate of epoch {epoch}, already trained)")
+            refused.append(
+                f"train.{k}: {a[k]!r} -> {b[k]!r} (changes the learning rate of epoch {epoch}, already trained)"
+            )
         else:
             refused.append(f"train.{k}: {a[k]!r} -> {b[k]!r}")
     if refused:

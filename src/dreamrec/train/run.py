@@ -42,7 +42,9 @@ TRAIN_COPIES = 4  # weights, gradients and Adam's two moments live at once while
 LOAD_COPIES = 2  # the weights and the file's tensors while loading
 
 
-def check_run_dir(out_dir: str | Path, data_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False) -> None:
+def check_run_dir(
+    out_dir: str | Path, data_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False
+) -> None:
     """Raise unless ``train`` may write the run directory ``out_dir``:
 
     * ``out_dir`` must not be, lie inside, or contain the dataset folder ``data_dir``;
@@ -71,7 +73,9 @@ def check_run_dir(out_dir: str | Path, data_dir: str | Path | None, *, resume: b
     if (out_dir / "model.safetensors").exists():
         raise ArtifactError(f"{out_dir}: already holds a trained run; use --resume, --overwrite or another --out")
     if (out_dir / "checkpoint").exists():
-        raise ArtifactError(f"{out_dir}: holds an unfinished run (checkpoint/); use --resume, --overwrite or another --out")
+        raise ArtifactError(
+            f"{out_dir}: holds an unfinished run (checkpoint/); use --resume, --overwrite or another --out"
+        )
     present = sorted(p.name for p in out_dir.iterdir() if p.name in RUN_FILES) if out_dir.is_dir() else []
     if present:
         raise ArtifactError(f"{out_dir}: holds the files of a run that never finished an epoch ({', '.join(present)}); "
@@ -154,7 +158,9 @@ def train_run(
     return metrics
 
 
-def _check_resume(out_dir: Path, config: RunConfig, dataset: PreparedDataset, model: SequentialRecommender) -> list[dict[str, Any]]:
+def _check_resume(
+    out_dir: Path, config: RunConfig, dataset: PreparedDataset, model: SequentialRecommender
+) -> list[dict[str, Any]]:
     """Raise unless ``out_dir`` can be resumed under the resolved ``config`` on ``dataset`` with ``model``
     (same settings up to :mod:`dreamrec.train.resume`'s allowed changes, same item catalog, a readable
     checkpoint of ``model``'s shapes); returns ``run.json``'s ``resumes`` with this one's changes added."""
@@ -163,7 +169,9 @@ def _check_resume(out_dir: Path, config: RunConfig, dataset: PreparedDataset, mo
 
     config_file = out_dir / "config.yaml"
     if not config_file.is_file():
-        raise ArtifactError(f"{out_dir}: --resume needs the run's config.yaml to check the settings against; it is missing")
+        raise ArtifactError(
+            f"{out_dir}: --resume needs the run's config.yaml to check the settings against; it is missing"
+        )
     try:
         data = yaml.safe_load(config_file.read_text())
     except yaml.YAMLError as e:
