@@ -227,6 +227,27 @@ def test_a_killed_save_leaves_temporaries_the_next_save_removes(tmp_path, small_
     assert sorted(p.name for p in tmp_path.iterdir()) == [".my-own-hidden", "data", "src"]
 
 
+def test_only_stale_temporaries_of_dreamrecs_naming_are_removed(tmp_path):
+    """Removed: a temporary of a process that has ended, one older than STALE_AFTER_S (another host's, say).
+    Kept: a live writer's fresh temporary, and hidden files of any other naming, however old."""
+    import time
+
+    from dreamrec.atomic import STALE_AFTER_S, atomic_write_text, temp_path
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = temp_path(tmp_path / "config.yaml").name.replace(f"-{os.getpid()}-", f"-{int(ended.stdout)}-")
+    live = temp_path(tmp_path / "run.json")
+    other_host = tmp_path / f".x.0000beef-{os.getpid()}-ab.dreamrec-tmp"
+    for p in (tmp_path / dead, live, other_host, tmp_path / ".config.yaml.old-style", tmp_path / ".hidden"):
+        p.write_text("")
+    old = time.time() - STALE_AFTER_S - 60
+    for p in (other_host, tmp_path / ".hidden"):
+        os.utime(p, (old, old))
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, ".config.yaml.old-style", ".hidden", "metrics.json"])
+
+
 # ---- item 10: a model too large for memory is refused before allocation ------------------------------
 def test_a_config_too_large_for_memory_is_refused_on_load(finished_run, monkeypatch):
     from dreamrec.errors import ConfigError
