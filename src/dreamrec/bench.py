@@ -162,7 +162,7 @@ def plan(jobs: list[Job]) -> str:
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided p of Welch's t-test, or None with fewer than two values on a side (or no variance)."""
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return None
     from scipy import stats
 

@@ -65,6 +65,12 @@ def _sampler_options(guidance_w: float | None, correction_scale: float | None) -
     return {"guidance_w": guidance_w, "correction_scale": correction_scale}
 
 
+OVERWRITE_DATASET_HELP = (
+    "Replace the prepared dataset already at --out. A folder holding other files is refused, with or without it: "
+    "dreamrec never deletes files it did not write."
+)
+
+
 def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -84,6 +90,7 @@ def prepare(
     min_item_count: int = typer.Option(5, help="k-core: minimum interactions per item."),
     min_seq_len: int = typer.Option(3, help="k-core: minimum interactions per user."),
     max_len: Optional[int] = typer.Option(None, help="History window (default 10 for dreamrec, 50 for loo)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_DATASET_HELP),
 ) -> None:
     """Read a log or a published split and write a prepared dataset directory (Parquet/NumPy + JSON)."""
     from dreamrec.config import PrepareConfig
@@ -91,7 +98,7 @@ def prepare(
     from dreamrec.data.prepare import prepare_source
 
     try:
-        check_output_dir(out, [source])
+        check_output_dir(out, [source, *([item_meta] if item_meta else [])], overwrite)
         cfg = PrepareConfig(
             protocol=protocol.value, min_item_count=min_item_count, min_seq_len=min_seq_len, max_len=max_len
         )
@@ -126,16 +133,27 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: model, params, train."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: key=value (train.lr=1e-3, hidden=64, ...). Repeatable."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from RUN_DIR/checkpoint, under the run's config.yaml unless --model/--config "
+        "are given. Only train.epochs, patience, max_minutes, threads, device, precision, compile and a learning-rate "
+        "schedule that keeps the trained epochs' rates may differ (dreamrec.train.resume); anything else is refused."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run (finished or not) already at --out: its config, weights, metrics, "
+        "log and checkpoint. A folder holding other files is refused, with or without it: dreamrec never deletes "
+        "files it did not write."
+    ),
 ) -> None:
     """Train a model with early stopping on validation; writes the run directory and its test metrics."""
     from dreamrec.train import distributed
     from dreamrec.train.run import train_run
 
     try:
+        if resume and not model and config is None and (out / "config.yaml").is_file():
+            config = out / "config.yaml"  # resume under the run's own settings (--set may change the allowed ones)
         cfg = _run_config(model, config, set_ or [])
-        metrics = train_run(cfg, data, out, resume=resume, progress=progress, log=_echo)
+        metrics = train_run(cfg, data, out, resume=resume, overwrite=overwrite, progress=progress, log=_echo)
     except (DreamrecError, ValueError) as e:
         _fail(e)
     if not distributed.from_env().is_main:  # under torchrun, rank 0 reports
@@ -418,6 +436,7 @@ def augment(
         None, "--set", help="DiffuASR setting key=value (M=10, d=64, epochs=50, augment_below=20, seed=0, ...; see "
         "dreamrec.augment.DiffuASRConfig). Repeatable."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_DATASET_HELP),
 ) -> None:
     """Fit a generator on DATA's training split and write a copy whose training sequences get generated
     pre-order items (validation and test unchanged); then `dreamrec train --data OUT` as usual."""
@@ -429,8 +448,8 @@ def augment(
     try:
         if method != "diffuasr":
             raise ConfigError(f"unknown augmentation method {method!r}; expected diffuasr")
-        check_output_dir(out, [data])
         cfg = diffuasr_config(parse_settings(set_ or []))
+        check_output_dir(out, [data], overwrite)
         ds = PreparedDataset.load(data)
         t = time.time()
         generator = train_diffuasr(ds, cfg, log=_echo)

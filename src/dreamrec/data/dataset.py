@@ -19,9 +19,7 @@ contains pickles.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from dreamrec.atomic import is_temp_name, make_temp_dir, remove, replace_dir
 from dreamrec.errors import ArtifactError, DataError
 
 SplitName = Literal["train", "val", "test"]
@@ -188,10 +187,18 @@ class PreparedDataset:
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the dataset directory atomically (a temp dir renamed into place)."""
+        """Write the dataset directory atomically (a temp dir renamed into place).
+
+        An existing dataset at ``path`` is replaced; a folder holding anything else than a prepared
+        dataset's files is refused (:func:`foreign_files`), so that nothing dreamrec did not write is lost."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        if path.exists() and not path.is_dir():
+            raise ArtifactError(f"{path}: is a file, not a dataset folder")
+        foreign = foreign_files(path)
+        if foreign:
+            raise ArtifactError(f"{path}: not a prepared dataset: it holds {_names(foreign)}, which saving would "
+                                "delete; choose a new or empty folder")
+        tmp = make_temp_dir(path)
         try:
             pd.DataFrame({"item_id": self.item_ids.reset_index(drop=True)}).to_parquet(tmp / "items.parquet")
             if self.user_ids is not None:
@@ -223,15 +230,9 @@ class PreparedDataset:
                 "info": self.info,
             }
             (tmp / "meta.json").write_text(json.dumps(meta_json, indent=2, default=_json_default))
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.replace(path, old / "d")
-                os.replace(tmp, path)
-                _rmtree(old)
-            else:
-                os.replace(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
-            _rmtree(tmp)
+            remove(tmp)
             raise
         return path
 
@@ -297,28 +298,59 @@ def _load_rows(d: Path, name: str) -> SampleRows:
     )
 
 
-def check_output_dir(out: str | Path, keep: list[str | Path] | None = None) -> Path:
-    """``out`` as a place :meth:`PreparedDataset.save` may write: it replaces ``out`` wholesale, so refuse
-    an existing non-empty folder that is not a prepared dataset (no ``meta.json``), a file, and ``out`` equal
-    to or above any of ``keep`` (the inputs, which would be deleted with it)."""
-    out = Path(out)
-    resolved = out.resolve()
-    for k in keep or []:
+# every file PreparedDataset.save writes (which of them depends on the dataset)
+DATASET_FILES = frozenset(
+    ["meta.json", "items.parquet", "users.parquet", "item_meta.parquet", "train_items.npy", "train_offsets.npy",
+     "train_user.npy"] + [f"{s}_{a}.npy" for s in ("train", "val", "test") for a in ("history", "target", "user")]
+)
+
+
+def foreign_files(folder: str | Path, own: frozenset[str] = DATASET_FILES) -> list[Path]:
+    """The entries of ``folder`` that dreamrec did not write: not named in ``own`` and not one of dreamrec's
+    atomic-write temporaries (none when ``folder`` does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name not in own and not is_temp_name(p.name))
+
+
+def _names(paths: list[Path], n: int = 3) -> str:
+    shown = ", ".join(p.name for p in paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def check_apart(out: str | Path, inputs: list[str | Path], what: str = "the input", replaces: bool = True) -> None:
+    """Raise :class:`DataError` if ``out`` is one of ``inputs``, lies inside one, or contains one
+    (``replaces``: writing ``out`` replaces the folder as a whole, as a dataset's save does)."""
+    resolved = Path(out).resolve()
+    for k in inputs:
         k = Path(k).resolve()
-        if resolved == k or resolved in k.parents:
-            raise DataError(f"--out {out} would replace the input {k}; choose another folder")
+        if replaces and (resolved == k or resolved in k.parents):
+            raise DataError(f"--out {out} would replace {what} {k}; choose another folder")
+        if resolved == k:
+            raise DataError(f"--out {out} is {what} {k}; choose another folder")
+        if k in resolved.parents:
+            raise DataError(f"--out {out} lies inside {what} {k}; choose a folder outside it")
+        if resolved in k.parents:
+            raise DataError(f"--out {out} contains {what} {k}; choose a folder that does not hold it")
+
+
+def check_output_dir(out: str | Path, keep: list[str | Path] | None = None, overwrite: bool = False) -> Path:
+    """``out`` as a place :meth:`PreparedDataset.save` may write. It replaces ``out`` as a whole, so refuse:
+    ``out`` equal to, inside or containing any of ``keep`` (the inputs); a file; a folder holding files that
+    are not a prepared dataset's (never deleted, even with ``overwrite``); and an existing prepared dataset
+    unless ``overwrite``. An empty folder is fine."""
+    out = Path(out)
+    check_apart(out, keep or [])
     if out.is_file():
         raise DataError(f"--out {out} is a file, not a dataset folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
-        raise DataError(f"--out {out} is a non-empty folder that is not a prepared dataset; it would be replaced "
-                        "wholesale, so choose a new or empty folder")
+    foreign = foreign_files(out)
+    if foreign:
+        raise DataError(f"--out {out} is not a prepared dataset: it holds {_names(foreign)}, which dreamrec did not "
+                        "write and never deletes (it replaces the folder as a whole); choose a new or empty folder")
+    if out.is_dir() and not overwrite and any(not is_temp_name(p.name) for p in out.iterdir()):
+        raise DataError(f"--out {out} already holds a prepared dataset; pass --overwrite to replace it")
     return out
-
-
-def _rmtree(p: Path) -> None:
-    import shutil
-
-    shutil.rmtree(p, ignore_errors=True)
 
 
 def python_scalar(v: Any) -> Any:

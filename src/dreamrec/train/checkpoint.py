@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,8 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dreamrec.atomic import atomic_write, give_default_mode
 from dreamrec.errors import ArtifactError
 
 STATE_FILE = "state.json"
@@ -42,19 +43,6 @@ CHECKPOINT_FORMAT = 1
 
 
 # ---- atomic file helpers ------------------------------------------------------------------
-def _atomic_write_bytes_via(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file in ``path``'s directory, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically."""
 
@@ -64,12 +52,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic_write_bytes_via(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` to a temp file in the same directory, then ``os.replace``."""
-    _atomic_write_bytes_via(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 # ---- model weights ------------------------------------------------------------------------
@@ -244,6 +232,8 @@ def save_checkpoint(
             _link_or_copy(sub / "model.safetensors", sub / BEST_FILE)
         elif previous_best is not None:
             _link_or_copy(previous_best, sub / BEST_FILE)
+        for f in sub.iterdir():  # safetensors writes 0600: give the files the umask's mode
+            give_default_mode(f)
         os.replace(sub, directory / tag)
     except BaseException:
         shutil.rmtree(sub, ignore_errors=True)
@@ -297,6 +287,47 @@ def has_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / STATE_FILE).is_file()
 
 
+def _read_state_doc(directory: Path) -> dict[str, Any]:
+    state_file = directory / STATE_FILE
+    try:
+        doc = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory}: no checkpoint ({STATE_FILE} missing)") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{state_file}: corrupt checkpoint state (not a JSON object)")
+    if doc.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"{state_file}: unsupported checkpoint format {doc.get('format')!r}")
+    return doc
+
+
+def checkpoint_state(directory: str | Path) -> dict[str, Any] | None:
+    """The trainer's ``state`` of the committed checkpoint in ``directory`` (epoch, history, ...), read
+    without loading any tensor; None without a checkpoint."""
+    directory = Path(directory)
+    if not has_checkpoint(directory):
+        return None
+    return _read_state_doc(directory)["state"]
+
+
+def check_checkpoint(directory: str | Path, model: torch.nn.Module) -> None:
+    """Raise :class:`ArtifactError` unless the committed checkpoint in ``directory`` is readable and its weights
+    have ``model``'s names and shapes; reads the safetensors headers only (nothing is loaded)."""
+    directory = Path(directory)
+    doc = _read_state_doc(directory)
+    path = directory / str(doc.get("tensors")) / "model.safetensors"
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: checkpoint is incomplete ({path} missing)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as e:  # a truncated or corrupt header
+        raise ArtifactError(f"{path}: unreadable weights ({e})") from None
+    expected, aliases = _unique_state(model)
+    check_tensors(expected, shapes, str(path), aliases=aliases)
+
+
 def load_checkpoint(
     directory: str | Path,
     model: torch.nn.Module,
@@ -310,15 +341,7 @@ def load_checkpoint(
     torch's global RNG are restored in place.
     """
     directory = Path(directory)
-    state_file = directory / STATE_FILE
-    if not state_file.is_file():
-        raise ArtifactError(f"{directory}: no checkpoint ({STATE_FILE} missing)")
-    try:
-        doc = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{state_file}: corrupt checkpoint state ({e})") from None
-    if doc.get("format") != CHECKPOINT_FORMAT:
-        raise ArtifactError(f"{state_file}: unsupported checkpoint format {doc.get('format')!r}")
+    doc = _read_state_doc(directory)
     sub = directory / doc["tensors"]
     try:
         load_model_tensors(model, load_file(str(sub / "model.safetensors")), str(sub / "model.safetensors"))

@@ -9,13 +9,15 @@
   ``model.safetensors`` best weights (by the validation metric)
   ``metrics.json``      best validation metrics, test metrics, best epoch
   ``log.jsonl``         one line per epoch; ``checkpoint/`` for ``--resume``
+
+Nothing is written before every check has passed: the output folder (:func:`check_run_dir`), the model's
+size against memory (:func:`dreamrec.models.memory.check_model_memory`) and, on ``--resume``, the new
+settings against the run's (:mod:`dreamrec.train.resume`), its item catalog and its checkpoint.
 """
 from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,25 +28,61 @@ import torch
 import yaml
 
 from dreamrec import __version__
+from dreamrec.atomic import atomic_write, atomic_write_text, remove
 from dreamrec.config import RunConfig, build_run_config
-from dreamrec.data.dataset import PreparedDataset, SampleRows
+from dreamrec.data.dataset import PreparedDataset, SampleRows, check_apart, foreign_files
 from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
+from dreamrec.models.memory import check_model_memory
+
+# every file and folder `dreamrec train` writes into a run directory
+RUN_FILES = frozenset(
+    {"config.yaml", "run.json", "items.parquet", "model.safetensors", "metrics.json", "log.jsonl", "checkpoint"}
+)
+TRAIN_COPIES = 4  # weights, gradients and Adam's two moments live at once while training
+LOAD_COPIES = 2  # the weights and the file's tensors while loading
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def check_run_dir(
+    out_dir: str | Path, data_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False
+) -> None:
+    """Raise unless ``train`` may write the run directory ``out_dir``:
+
+    * ``out_dir`` must not be, lie inside, or contain the dataset folder ``data_dir``;
+    * ``resume``: it must hold a run with a ``checkpoint/`` (files of others in it are left alone);
+    * otherwise an existing run (finished or not) is replaced only with ``overwrite``, and a folder holding
+      files dreamrec did not write (:data:`RUN_FILES`) is refused even then: they are never deleted.
+    """
+    out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise ConfigError("give --resume (continue the run) or --overwrite (replace it), not both")
+    if data_dir:
+        check_apart(out_dir, [data_dir], "the dataset folder", replaces=False)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"--out {out_dir} is a file, not a run directory")
+    if resume:
+        if not (out_dir / "checkpoint").exists():
+            raise ArtifactError(f"{out_dir}: --resume given but there is no checkpoint/ to resume from")
+        return
+    foreign = foreign_files(out_dir, RUN_FILES)
+    if foreign:
+        names = ", ".join(p.name for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ArtifactError(f"--out {out_dir} is not a run directory: it holds {names}, which dreamrec did not write "
+                            "and never deletes; choose a new or empty folder")
+    if overwrite:
+        return
+    if (out_dir / "model.safetensors").exists():
+        raise ArtifactError(f"{out_dir}: already holds a trained run; use --resume, --overwrite or another --out")
+    if (out_dir / "checkpoint").exists():
+        raise ArtifactError(
+            f"{out_dir}: holds an unfinished run (checkpoint/); use --resume, --overwrite or another --out"
+        )
+    present = sorted(p.name for p in out_dir.iterdir() if p.name in RUN_FILES) if out_dir.is_dir() else []
+    if present:
+        raise ArtifactError(f"{out_dir}: holds the files of a run that never finished an epoch ({', '.join(present)}); "
+                            "use --overwrite or another --out")
 
 
 def resolve(config: RunConfig, dataset: PreparedDataset) -> tuple[RunConfig, SequentialRecommender]:
@@ -70,35 +108,43 @@ def train_run(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     dataset: PreparedDataset | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` on the prepared dataset at ``data_dir`` into ``out_dir``; returns metrics.json.
 
+    ``resume`` continues the run's checkpoint (with the changes :mod:`dreamrec.train.resume` allows,
+    recorded as ``resumes`` in run.json and metrics.json); ``overwrite`` replaces a run already there
+    (see :func:`check_run_dir`).
+
     Under ``torchrun`` every process calls this; rank 0 writes the run directory, the others train
     their share of each batch (:mod:`dreamrec.train.distributed`)."""
     from dreamrec.train import distributed
-    from dreamrec.train.trainer import train
+    from dreamrec.train.trainer import seed_everything, train
 
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, data_dir, resume=resume, overwrite=overwrite)
     dataset = dataset if dataset is not None else PreparedDataset.load(data_dir)
-    from dreamrec.train.trainer import seed_everything
+    # on the CPU all copies live in this machine's memory; on a GPU it holds the initial weights only
+    check_model_memory(config.model, dataset.n_items, config.train.max_len or dataset.max_len, config.params,
+                       copies=TRAIN_COPIES if config.train.device == "cpu" else 1, purpose="train",
+                       source=f"--out {out_dir}")
 
     env, device = distributed.setup(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)  # the initial weights depend on the seed too
     config, model = resolve(config, dataset)
-    if resume and not (out_dir / "checkpoint").exists():
-        raise ArtifactError(f"{out_dir}: --resume given but there is no checkpoint/ to resume from")
-    if not resume and (out_dir / "model.safetensors").exists():
-        raise ArtifactError(f"{out_dir}: already holds a trained run; use --resume or another --out")
-    if not resume and (out_dir / "checkpoint").exists():
-        raise ArtifactError(f"{out_dir}: holds an unfinished run (checkpoint/); use --resume or another --out")
+    resumes = _check_resume(out_dir, config, dataset, model) if resume else []
     distributed.barrier(env)  # every rank has checked the directory before rank 0 writes into it
     if env.is_main:
-        _write_run_files(config, dataset, data_dir, out_dir, empty_history=empty_history_answer(model, dataset))
+        if overwrite:  # the checks passed: the old run goes (only dreamrec's files are there)
+            for name in RUN_FILES:
+                remove(out_dir / name)
+        _write_run_files(config, dataset, data_dir, out_dir, resumes,
+                         empty_history=empty_history_answer(model, dataset))
     model.to(device)
     t0 = time.perf_counter()
     result = train(model, dataset, config.train, out_dir, resume=resume, progress=progress, log=log)
@@ -113,6 +159,8 @@ def train_run(
                # wall-clock seconds: the training call (bounded by train.max_minutes) and the test evaluation
                "seconds": {"train": round(t1 - t0, 3), "test": round(time.perf_counter() - t1, 3)},
                "popularity_val": result.popularity_val, "warnings": result.warnings}
+    if resumes:  # the settings changed on the way (config.yaml holds the last ones)
+        metrics["resumes"] = resumes
     if env.is_main:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     distributed.barrier(env)  # the run directory is complete when any rank returns
@@ -131,13 +179,50 @@ def empty_history_answer(model: SequentialRecommender, dataset: PreparedDataset)
     return "model" if trained else "popularity"
 
 
-def _write_run_files(
-    config: RunConfig, dataset: PreparedDataset, data_dir: str | Path, out_dir: Path, *, empty_history: str = "model"
-) -> None:
+def _check_resume(
+    out_dir: Path, config: RunConfig, dataset: PreparedDataset, model: SequentialRecommender
+) -> list[dict[str, Any]]:
+    """Raise unless ``out_dir`` can be resumed under the resolved ``config`` on ``dataset`` with ``model``
+    (same settings up to :mod:`dreamrec.train.resume`'s allowed changes, same item catalog, a readable
+    checkpoint of ``model``'s shapes); returns ``run.json``'s ``resumes`` with this one's changes added."""
+    from dreamrec.train.checkpoint import check_checkpoint, checkpoint_state
+    from dreamrec.train.resume import resume_changes
+
+    config_file = out_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ArtifactError(
+            f"{out_dir}: --resume needs the run's config.yaml to check the settings against; it is missing"
+        )
+    try:
+        data = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_file}: invalid YAML: {e}") from None
+    old = build_run_config(data, str(config_file))
+    items_file = out_dir / "items.parquet"
+    if items_file.is_file():
+        ids = pd.read_parquet(items_file)["item_id"].tolist()
+        if ids != dataset.item_ids.tolist():
+            raise ArtifactError(f"{out_dir}: --resume on a dataset whose item catalog differs from the one the run "
+                                "was trained on; use the run's dataset")
+    state = checkpoint_state(out_dir / "checkpoint")
+    trained = int(state["epoch"]) if state else 0
+    changed = resume_changes(old, config, trained, str(out_dir))
+    if state:
+        check_checkpoint(out_dir / "checkpoint", model)
+    info_file = out_dir / "run.json"
+    try:
+        resumes = list(json.loads(info_file.read_text()).get("resumes", [])) if info_file.is_file() else []
+    except (json.JSONDecodeError, AttributeError):
+        raise ArtifactError(f"{info_file}: not a JSON object") from None
+    return resumes + [{"after_epoch": trained, "changed": changed}] if changed else resumes
+
+
+def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str | Path, out_dir: Path,
+                     resumes: list[dict[str, Any]] | None = None, *, empty_history: str = "model") -> None:
     """``config.yaml``, ``run.json`` and ``items.parquet`` of a run about to train."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    run_info = {
+    run_info: dict[str, Any] = {
         "n_items": dataset.n_items,
         "max_len": config.train.max_len,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
@@ -145,6 +230,8 @@ def _write_run_files(
         "empty_history": empty_history,
         "dreamrec_version": __version__,
     }
+    if resumes:
+        run_info["resumes"] = resumes
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2))
     _save_items(dataset, out_dir / "items.parquet")
 
@@ -157,9 +244,7 @@ def _save_items(dataset: PreparedDataset, path: Path) -> None:
         for c in meta.columns:
             if c != "item_id":
                 table[c] = meta[c]
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, table.to_parquet)
 
 
 @dataclass
@@ -209,7 +294,10 @@ def load_run(
         raise ConfigError(f"{run_dir / 'config.yaml'}: invalid YAML: {e}") from None
     config = build_run_config(data, str(run_dir / "config.yaml"))
     info = json.loads((run_dir / "run.json").read_text())
-    model = build_model(config.model, int(info["n_items"]), int(info["max_len"]), config.params)
+    n_items, max_len = int(info["n_items"]), int(info["max_len"])
+    check_model_memory(config.model, n_items, max_len, config.params, copies=LOAD_COPIES, purpose="load",
+                       source=str(run_dir / "config.yaml"))
+    model = build_model(config.model, n_items, max_len, config.params)
     load_weights(model, run_dir / "model.safetensors")
     options = {k: v for k, v in (sampler_options or {}).items() if v is not None}
     if sampler is not None or steps is not None or options:
