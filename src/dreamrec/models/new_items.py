@@ -4,7 +4,7 @@ On a split by time, new items keep arriving: on the DreamRec Zhihu split 7.2 % o
 (2.8 % of the validation targets) occur nowhere in the training data. A model trained with a softmax
 over the catalog only ever pushes such an item's embedding away from the queries (it is a negative
 in every step and a positive in none), so where it ranks them is an accident of that geometry
-(``benchmarks/experiments/dreamrec/NOTES.md``, sessions 16-17).
+(``benchmarks/experiments/dreamrec/NOTES.md``, "cold items").
 
 :class:`NewItemScoring` makes the policy explicit, with one offset ``beta`` chosen on validation.
 Each row's scores are standardised over the catalog, ``z(s) = (s - mean(s)) / std(s)``, and
