@@ -64,7 +64,9 @@ class TrainConfig(_Strict):
     )
     seed: int = 42
     device: str = "cpu"
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default torch's choice")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default this process's share of "
+                                "the cores (dreamrec.threads: all of them for one process, cores // processes under "
+                                "torchrun); say 1 when two jobs share a machine")
     max_minutes: float | None = Field(
         None, gt=0, description="wall-clock budget of this training call, validations included (the test "
         "evaluation after it is timed separately): no epoch starts that would not end, with its validation, "

@@ -46,6 +46,13 @@ class Dist:
         return self.world > 1
 
     @property
+    def local_world(self) -> int:
+        """Processes of this job on this machine (``LOCAL_WORLD_SIZE`` under torchrun), sharing its cores."""
+        import os
+
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import torch
 import yaml
 
 from dreamrec import __version__
@@ -36,6 +35,7 @@ from dreamrec.eval.metrics import DEFAULT_KS
 from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.models.memory import check_model_memory
+from dreamrec.threads import set_threads
 
 # every file and folder `dreamrec train` writes into a run directory
 RUN_FILES = frozenset(
@@ -133,8 +133,7 @@ def train_run(
                        source=f"--out {out_dir}")
 
     env, device = distributed.setup(config.train.device)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    set_threads(config.train.threads, "train", processes=env.local_world)
     seed_everything(config.train.seed)  # the initial weights depend on the seed too
     config, model = resolve(config, dataset)
     resumes = _check_resume(out_dir, config, dataset, model) if resume else []

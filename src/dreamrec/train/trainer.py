@@ -48,6 +48,7 @@ from dreamrec.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from dreamrec.threads import set_threads
 from dreamrec.train.ema import WeightAverage
 from dreamrec.train.health import collapse_cause, item_table_health, popularity_reference, run_warnings
 
@@ -225,8 +226,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
     say = (log if main else None) or (lambda _msg: None)
     progress = progress and main
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads, "train", processes=env.local_world)  # default: this process's share of the cores
     if device.type == "cuda":
         # TensorFloat-32 matrix products on the GPU (about 10 bits of mantissa: the usual training setting)
         torch.set_float32_matmul_precision("high")
