@@ -30,6 +30,67 @@ def runs(tmp_path_factory, small_synthetic):
     return out
 
 
+IDREAMREC = dict(text_encoder="hashing:16", hidden=16, n_layers=1, n_heads=2, timesteps=20, beta_end=0.2,
+                 intent_source="topic", guidance_w=1.0, intent_rho=1.0, sampler="ddpm")
+
+
+@pytest.fixture(scope="module")
+def intent_run(tmp_path_factory, small_synthetic):
+    """A tiny iDreamRec run (intent-aware, sampled) and its text cache folder."""
+    tmp = tmp_path_factory.mktemp("serve_intent")
+    ds = small_synthetic.dataset
+    cache = tmp / "cache"
+    cfg = RunConfig(model="idreamrec", params={**IDREAMREC, "text_cache_dir": str(cache)},
+                    train=TrainConfig(epochs=1, seed=1, max_len=10))
+    train_run(cfg, ds.save(tmp / "data"), tmp / "run", progress=False, log=None, dataset=ds)
+    return tmp / "run", cache
+
+
+def test_lone_surrogate_intent_is_answered_and_the_connection_survives(intent_run, small_synthetic):
+    """Issue 31: ``"\\ud800 jazz"`` (valid JSON, no UTF-8) gave a 500 from the text cache's hash."""
+    run, _ = intent_run
+    rec = Recommender.load(run)
+    assert rec.recommend([], k=3, intent="\ud800 jazz").items  # Python
+    with TestClient(create_app(rec), raise_server_exceptions=False) as c:
+        body = b'{"history": [], "k": 3, "intent": "\\ud800 jazz"}'
+        r = c.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        batch = b'{"histories": [[], []], "k": 3, "intents": ["\\ud800", "\\udfff jazz \\ud800"]}'
+        r = c.post("/recommend/batch", content=batch, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert c.get("/health").status_code == 200
+
+
+def test_request_intents_do_not_grow_the_disk_cache(intent_run):
+    """Issue 31: every distinct intent text used to be written to the disk cache as a .npy."""
+    run, cache = intent_run
+    before = sorted(cache.rglob("*.npy"))
+    assert before  # the catalog's texts were cached at training time
+    with TestClient(create_app(Recommender.load(run))) as c:
+        for i in range(40):
+            r = c.post("/recommend", json={"history": [], "k": 2, "intent": f"anonymous request {i}"})
+            assert r.status_code == 200
+    assert sorted(cache.rglob("*.npy")) == before
+
+
+def test_405_has_allow_head_works_and_types_are_strict(client):
+    """Issue 31 (schemathesis ST204): 405 carries ``Allow``; GET routes answer HEAD; ``k`` and
+    ``strict``/``exclude_seen`` take JSON integers and booleans only, as the Python API does."""
+    r = client.get("/recommend")
+    assert r.status_code == 405 and r.headers.get("allow") == "POST"
+    r = client.put("/health")
+    assert r.status_code == 405 and set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+    r = client.head("/health")
+    assert r.status_code == 200 and r.content == b""
+    assert client.head("/metrics").status_code == 200
+    for bad in ({"k": True}, {"k": "5"}, {"k": 5.0}, {"strict": 0}, {"strict": "true"}, {"exclude_seen": 1}):
+        r = client.post("/recommend", json={"history": [], **bad})
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+        r = client.post("/recommend/batch", json={"histories": [[]], **bad})
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+    assert client.post("/recommend", json={"history": [], "k": 5, "strict": True}).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def client(runs):
     app = create_app(Recommender.load(runs["sasrec"]), max_body_bytes=20_000)
