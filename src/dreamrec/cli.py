@@ -151,7 +151,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prepared dataset (default: the one the run was trained on)."),
     split: Split = typer.Option(Split.test, help="Which split to evaluate."),
     exclude_seen: bool = typer.Option(False, help="Never rank items already in the history (off by default, as in the papers)."),
-    batch_size: Optional[int] = typer.Option(None, help="Rows per scoring batch (default: the run's train.eval_batch_size; diffusion models draw noise per batch)."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per scoring batch (default: the run's train.eval_batch_size; results do not depend on it: diffusion noise is keyed per row)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
@@ -262,6 +262,8 @@ def recommend(
         intents = [t if t is not None else intent for t in row_intents]
         any_intent = any(t is not None for t in intents)
         results = []
+        # chunks bound memory only: each row's noise is keyed by its own content (dreamrec.keyed_noise),
+        # so a line's answer is the one `--history` (or HTTP, or evaluate) gives for it
         for s in range(0, len(rows), 512):
             results += rec.recommend_batch(
                 rows[s : s + 512], k=k, intents=intents[s : s + 512] if any_intent else None, exclude_seen=exclude_seen
