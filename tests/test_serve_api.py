@@ -258,7 +258,8 @@ def test_serve_supervisor_validates_in_a_child_and_keeps_no_model(runs, tmp_path
     started = {}
     monkeypatch.setattr(dreamrec.train.run, "load_run", no_model_here)
     monkeypatch.setattr(dreamrec.serve.recommender, "load_run", no_model_here)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.update(kw, metrics=os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    monkeypatch.setattr(uvicorn, "run",
+                        lambda *a, **kw: started.update(kw, metrics=os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     for var in ("DREAMREC_RUN_DIR", "DREAMREC_INDEX", "DREAMREC_SAMPLER", "DREAMREC_STEPS", "DREAMREC_SAMPLER_OPTIONS",
                 "DREAMREC_MAX_BODY_BYTES", "DREAMREC_NEW_ITEM_OFFSET", "DREAMREC_THREADS"):

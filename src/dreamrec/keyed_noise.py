@@ -7,7 +7,8 @@ return, for row ``r`` of the batch, call number ``c`` of the context and pair ``
 
     ``(z_2p, z_2p+1) = sqrt(-2 ln u1) (cos 2 pi u2, sin 2 pi u2)``  (Box & Muller 1958),
 
-with ``u1, u2`` two 24-bit fields (float32-exact, tails to 5.9 sd) of a counter-based hash ``H(key_r, c, p)`` (Salmon et al.
+with ``u1, u2`` two 24-bit fields (float32-exact, tails to 5.9 sd) of a counter-based hash
+``H(key_r, c, p)`` (Salmon et al.
 2011, "Parallel random numbers: as easy as 1, 2, 3": noise as a pure function of a key and a
 counter). ``H`` chains the SplitMix64 finaliser (Steele, Lea & Flood 2014; Stafford's "variant 13"
 constants), written in wrapping int64 torch ops with masked (logical) right shifts, so it is
@@ -148,7 +149,8 @@ def _keyed_normal(ctx: _Context, shape: tuple[int, ...], device: torch.device, d
     pairs = (per_row + 1) // 2  # one 64-bit hash gives two normals (Box-Muller's cos and sin)
     p = torch.arange(1, pairs + 1, device=device, dtype=torch.int64) * _GAMMA
     out = torch.empty(shape[0], 2 * pairs, device=device, dtype=torch.float32)
-    step = max(1, _BLOCK // pairs)  # rows per block: the temporaries stay in cache
+    # CPU: blocks of rows whose temporaries stay in cache (at least 8 rows each); other devices: one block
+    step = max(8, _BLOCK // pairs) if device.type == "cpu" else shape[0]
     for r0 in range(0, shape[0], step):
         z = _mix(base[r0 : r0 + step, None] + p[None, :])  # [rows, pairs]: one hash per pair
         u1 = _shr(z, 40).float().add_(0.5).mul_(2.0**-24)  # bits 40-63, in (0, 1): the log is finite
@@ -174,7 +176,8 @@ def randn(
 
 
 def randn_like(x: torch.Tensor) -> torch.Tensor:
-    """``N(0, I)`` shaped like ``x`` (its device and dtype): keyed inside :func:`keyed_rows`, else ``torch.randn_like``."""
+    """``N(0, I)`` shaped like ``x`` (its device and dtype): keyed inside :func:`keyed_rows`, else
+    ``torch.randn_like``."""
     ctx = getattr(_local, "ctx", None)
     if ctx is None:
         return torch.randn_like(x)

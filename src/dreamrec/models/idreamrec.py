@@ -201,7 +201,8 @@ class IDreamRec(SequentialRecommender):
         texts = [str(t) for t, p in zip(intents, present) if p]
         if texts:
             # request texts: the bounded in-memory cache only, never the disk (issue 31)
-            e = torch.from_numpy(np.asarray(encode_request_texts(self.text_encoder, texts), dtype=np.float32)).to(dev)
+            e = torch.from_numpy(np.asarray(encode_request_texts(self.text_encoder, texts), dtype=np.float32))
+            e = e.to(dev)
             emb[torch.tensor(present, device=dev)] = self.A(e)
         return emb, torch.tensor(present, dtype=torch.bool, device=dev)
 

@@ -45,8 +45,10 @@ class ServerMetrics:
             "dreamrec_request_duration_seconds", "Time from receiving a request to the end of its response.",
             ["route"], buckets=buckets, registry=self._registry,
         )
-        self._errors = Counter("dreamrec_request_errors", "Responses with status >= 400, by route and kind (client/server).",
-                               ["route", "kind"], registry=self._registry)
+        self._errors = Counter(
+            "dreamrec_request_errors", "Responses with status >= 400, by route and kind (client/server).",
+            ["route", "kind"], registry=self._registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""

@@ -231,7 +231,8 @@ class Recommender:
         extra = {} if intents is None else {"intent": intents}
         # keyed noise: a sampled (diffusion) answer is a function of the row (seed, history, intent) alone,
         # whatever the batch; the caller's RNG state is left untouched
-        with self._lock, torch.no_grad(), seeded_rng(self.seed, self.device), keyed_rows(row_keys(self.seed, h, intents)):
+        keys = row_keys(self.seed, h, intents)
+        with self._lock, torch.no_grad(), seeded_rng(self.seed, self.device), keyed_rows(keys):
             if self.retrieval is None:
                 scores = self.model.score(h, **extra).float()
                 if seen is not None:

@@ -147,7 +147,8 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         emb = self.model.encode(
-            [clean_text(str(t)) for t in texts], batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            [clean_text(str(t)) for t in texts], batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=True,
             show_progress_bar=False,
         )
         return np.asarray(emb, dtype=np.float32).reshape(len(texts), self.dim)
