@@ -124,6 +124,7 @@ def ranks_by_offset(
     from dreamrec.data.batching import fit_width
     from dreamrec.eval.evaluate import model_device, seeded_rng
     from dreamrec.eval.metrics import target_ranks
+    from dreamrec.keyed_noise import keyed_rows, row_keys
 
     wrapped = {b: NewItemScoring(model, new_items, b, own_scores) for b in betas}  # validates every beta and the mask
     device = model_device(model)
@@ -136,9 +137,10 @@ def ranks_by_offset(
             for s in range(0, len(rows), batch_size):
                 h = torch.from_numpy(history[s : s + batch_size]).to(device)
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
-                raw = model.score(h)
+                with keyed_rows(row_keys(seed, h)):  # each row's noise as in rank_targets (issue 31)
+                    raw = model.score(h)
+                    s_new = None if own_scores else model.new_item_scores(h)
                 z = standardise(raw.float())
-                s_new = None if own_scores else model.new_item_scores(h)
                 z_new = z if s_new is None else standardise(s_new.float())
                 for b, w in wrapped.items():
                     if w.beta is None:
