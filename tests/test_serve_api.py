@@ -303,3 +303,13 @@ def test_metrics_add_up_over_two_worker_processes(runs):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_metrics_folder_set_after_import_still_counts_this_process(monkeypatch, tmp_path):
+    """A PROMETHEUS_MULTIPROC_DIR set too late for prometheus-client must not empty /metrics."""
+    from dreamrec.serve.metrics import ServerMetrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    m = ServerMetrics()
+    m.observe("GET", "/health", 200, 0.01)
+    assert _metric(m.render(), "dreamrec_requests_total", method="GET", route="/health", status="200") == 1

@@ -21,8 +21,15 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def multiprocess_dir() -> str | None:
-    """The shared metrics folder of a multi-worker server, or None for a single process."""
-    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+    """The shared metrics folder of a multi-worker server, or None for a single process. None too
+    when the variable was set only after prometheus-client was imported (its values then live in
+    this process, not in the folder, and this process's own counts are what can be shown)."""
+    from prometheus_client import values
+
+    path = os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
+    if not path or values.ValueClass is values.MutexValue:
+        return None
+    return path
 
 
 class ServerMetrics:
