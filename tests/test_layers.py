@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dreamrec"
 
 # rank of each top-level package or module of dreamrec ("" = the package root: __version__)
 LAYERS: dict[str, int] = {
-    "": 0, "errors": 0, "config": 0, "atomic": 0, "threads": 0,
+    "": 0, "errors": 0, "config": 0, "atomic": 0, "threads": 0, "keyed_noise": 0,
     "data": 1,
     "nn": 2, "diffusion": 2, "text": 2,
     "models": 3, "augment": 3,

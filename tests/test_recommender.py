@@ -138,6 +138,8 @@ def test_exclude_seen_covers_history_beyond_the_window(tmp_path, small_synthetic
 def test_mixture_dreamrec_serves_its_mixture_scores(tmp_path, small_synthetic):
     """DreamRec with ``draws > 1`` ranks by its K-draw mixture, not by one query: the Recommender
     scores it exactly (no retrieval index), and the reloaded artifact gives identical scores."""
+    from dreamrec.keyed_noise import keyed_rows, row_keys
+
     ds = small_synthetic.dataset
     params = {"hidden": 16, "timesteps": 20, "ce_weight": 1.0, "x0_weight": 0.0, "draws": 3,
               "train_timesteps": "last", "sampler": "onestep"}
@@ -145,11 +147,10 @@ def test_mixture_dreamrec_serves_its_mixture_scores(tmp_path, small_synthetic):
     a, b = load_run(run).model, load_run(run).model
     assert not a.ranks_by_query()
     h = torch.from_numpy(ds.test.history[:1, -a.max_len:])
-    torch.manual_seed(1)
-    with torch.no_grad():
+    keys = row_keys(1, h)  # the Recommender keys each row's noise by (the run's seed, the row)
+    with torch.no_grad(), keyed_rows(keys):
         s = a.score(h)
-    torch.manual_seed(1)
-    with torch.no_grad():
+    with torch.no_grad(), keyed_rows(keys):
         assert torch.equal(s, b.score(h))
     rec = Recommender.load(run)
     assert rec.retrieval is None

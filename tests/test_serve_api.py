@@ -1,6 +1,7 @@
 """The HTTP app, in-process (TestClient), plus one real `dreamrec serve` on a free loopback port."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,67 @@ def runs(tmp_path_factory, small_synthetic):
         train_run(cfg, data_dir, tmp / name, progress=False, log=None, dataset=ds)
         out[name] = tmp / name
     return out
+
+
+IDREAMREC = dict(text_encoder="hashing:16", hidden=16, n_layers=1, n_heads=2, timesteps=20, beta_end=0.2,
+                 intent_source="topic", guidance_w=1.0, intent_rho=1.0, sampler="ddpm")
+
+
+@pytest.fixture(scope="module")
+def intent_run(tmp_path_factory, small_synthetic):
+    """A tiny iDreamRec run (intent-aware, sampled) and its text cache folder."""
+    tmp = tmp_path_factory.mktemp("serve_intent")
+    ds = small_synthetic.dataset
+    cache = tmp / "cache"
+    cfg = RunConfig(model="idreamrec", params={**IDREAMREC, "text_cache_dir": str(cache)},
+                    train=TrainConfig(epochs=1, seed=1, max_len=10))
+    train_run(cfg, ds.save(tmp / "data"), tmp / "run", progress=False, log=None, dataset=ds)
+    return tmp / "run", cache
+
+
+def test_lone_surrogate_intent_is_answered_and_the_connection_survives(intent_run, small_synthetic):
+    """Issue 31: ``"\\ud800 jazz"`` (valid JSON, no UTF-8) gave a 500 from the text cache's hash."""
+    run, _ = intent_run
+    rec = Recommender.load(run)
+    assert rec.recommend([], k=3, intent="\ud800 jazz").items  # Python
+    with TestClient(create_app(rec), raise_server_exceptions=False) as c:
+        body = b'{"history": [], "k": 3, "intent": "\\ud800 jazz"}'
+        r = c.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        batch = b'{"histories": [[], []], "k": 3, "intents": ["\\ud800", "\\udfff jazz \\ud800"]}'
+        r = c.post("/recommend/batch", content=batch, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert c.get("/health").status_code == 200
+
+
+def test_request_intents_do_not_grow_the_disk_cache(intent_run):
+    """Issue 31: every distinct intent text used to be written to the disk cache as a .npy."""
+    run, cache = intent_run
+    before = sorted(cache.rglob("*.npy"))
+    assert before  # the catalog's texts were cached at training time
+    with TestClient(create_app(Recommender.load(run))) as c:
+        for i in range(40):
+            r = c.post("/recommend", json={"history": [], "k": 2, "intent": f"anonymous request {i}"})
+            assert r.status_code == 200
+    assert sorted(cache.rglob("*.npy")) == before
+
+
+def test_405_has_allow_head_works_and_types_are_strict(client):
+    """Issue 31 (schemathesis ST204): 405 carries ``Allow``; GET routes answer HEAD; ``k`` and
+    ``strict``/``exclude_seen`` take JSON integers and booleans only, as the Python API does."""
+    r = client.get("/recommend")
+    assert r.status_code == 405 and r.headers.get("allow") == "POST"
+    r = client.put("/health")
+    assert r.status_code == 405 and set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+    r = client.head("/health")
+    assert r.status_code == 200 and r.content == b""
+    assert client.head("/metrics").status_code == 200
+    for bad in ({"k": True}, {"k": "5"}, {"k": 5.0}, {"strict": 0}, {"strict": "true"}, {"exclude_seen": 1}):
+        r = client.post("/recommend", json={"history": [], **bad})
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+        r = client.post("/recommend/batch", json={"histories": [[]], **bad})
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+    assert client.post("/recommend", json={"history": [], "k": 5, "strict": True}).status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +172,12 @@ def test_items_health_metrics_docs(client, catalog):
     assert client.get("/items/definitely-not-an-item").status_code == 404
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["model"] == "sasrec" and h["n_items"] == len(catalog)
+    client.post("/recommend", json={"history": [], "k": 2})
+    client.post("/recommend", json={"history": [], "k": 0})
     text = client.get("/metrics").text
-    assert 'dreamrec_requests_total{method="POST",route="/recommend",status="200"}' in text
-    assert 'dreamrec_request_duration_seconds_bucket{route="/recommend",le="+Inf"}' in text
-    assert 'dreamrec_request_errors_total{route="/recommend",kind="client"}' in text
+    assert _metric(text, "dreamrec_requests_total", method="POST", route="/recommend", status="200") >= 1
+    assert _metric(text, "dreamrec_request_duration_seconds_bucket", route="/recommend", le="+Inf") >= 2
+    assert _metric(text, "dreamrec_request_errors_total", route="/recommend", kind="client") >= 1
     assert "/items/{item_id}" in text  # route templates, not raw paths
     assert "/recommend/batch" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
@@ -124,6 +188,16 @@ def test_popularity_served(runs):
         a = c.post("/recommend", json={"history": [], "k": 5}).json()
         b = c.post("/recommend", json={"history": a["items"][:2], "k": 5, "exclude_seen": True}).json()
     assert b["items"] == a["items"][2:] + b["items"][3:]
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name{labels}`` in Prometheus text (labels in any order), or None."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            inner, value = line[len(name) + 1 :].rsplit("} ", 1)
+            if dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', inner)) == labels:
+                return float(value)
+    return None
 
 
 def _free_port() -> int:
@@ -167,3 +241,75 @@ def test_serve_help_and_bad_run_dir(tmp_path):
     assert r.exit_code == 0 and "--workers" in r.output and "--port" in r.output
     r = CliRunner().invoke(app, ["serve", str(tmp_path)])
     assert r.exit_code == 2 and "not a finished run" in r.output
+
+
+def test_serve_supervisor_validates_in_a_child_and_keeps_no_model(runs, tmp_path, monkeypatch):
+    """Issue 31: with several workers the supervisor used to load the run itself (345 MB unused)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import dreamrec.serve.recommender
+    import dreamrec.train.run
+    from dreamrec.cli import app
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the supervisor loaded the run")
+
+    started = {}
+    monkeypatch.setattr(dreamrec.train.run, "load_run", no_model_here)
+    monkeypatch.setattr(dreamrec.serve.recommender, "load_run", no_model_here)
+    monkeypatch.setattr(uvicorn, "run",
+                        lambda *a, **kw: started.update(kw, metrics=os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for var in ("DREAMREC_RUN_DIR", "DREAMREC_INDEX", "DREAMREC_SAMPLER", "DREAMREC_STEPS", "DREAMREC_SAMPLER_OPTIONS",
+                "DREAMREC_MAX_BODY_BYTES", "DREAMREC_NEW_ITEM_OFFSET", "DREAMREC_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    r = CliRunner().invoke(app, ["serve", str(runs["popularity"]), "--workers", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert started["workers"] == 2 and started["factory"] is True
+    assert not Path(started["metrics"]).exists()  # the shared metrics folder is removed after the run
+    r = CliRunner().invoke(app, ["serve", str(tmp_path), "--workers", "2"])  # checked in the child: fails fast
+    assert r.exit_code == 2 and "not a finished run" in r.output
+
+
+def test_metrics_add_up_over_two_worker_processes(runs):
+    """Issue 31: with ``--workers 2`` a scrape showed only the counters of the worker answering it."""
+    import threading
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamrec.cli", "serve", str(runs["popularity"]), "--port", str(port),
+         "--workers", "2", "--threads", "1", "--log-level", "info"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while sum("Application startup complete" in line for line in log) < 2:  # both workers serve
+            assert proc.poll() is None, "".join(log)
+            assert time.time() < deadline, "workers did not start:\n" + "".join(log)
+            time.sleep(0.2)
+        n = 24
+        for _ in range(n):  # a new connection each: the kernel spreads them over the workers
+            assert httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": [], "k": 2}).status_code == 200
+        for _ in range(6):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert _metric(text, "dreamrec_requests_total", method="POST", route="/recommend", status="200") == n
+            assert _metric(text, "dreamrec_request_duration_seconds_count", route="/recommend") == n
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_metrics_folder_set_after_import_still_counts_this_process(monkeypatch, tmp_path):
+    """A PROMETHEUS_MULTIPROC_DIR set too late for prometheus-client must not empty /metrics."""
+    from dreamrec.serve.metrics import ServerMetrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    m = ServerMetrics()
+    m.observe("GET", "/health", 200, 0.01)
+    assert _metric(m.render(), "dreamrec_requests_total", method="GET", route="/health", status="200") == 1

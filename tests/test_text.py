@@ -95,3 +95,30 @@ def test_scaling_preserves_dot_product_order():
     a = float(W[0, 0])
     assert torch.count_nonzero(mu) == 0 and a > 0
     assert abs(float(A(E).square().sum(1).mean()) - 12) < 1e-3  # default a: unit second moment per entry
+
+
+def test_any_string_is_encoded_and_hashed_even_a_lone_surrogate(tmp_path):
+    """Issue 31: a lone surrogate (valid JSON, not encodable as UTF-8) used to raise in ``text_hash``."""
+    from dreamrec.text.encoders import text_hash
+
+    assert text_hash("\ud800 jazz") != text_hash("\udc00 jazz") != text_hash("jazz")  # distinct keys
+    enc = CachedTextEncoder(HashingTextEncoder(16), tmp_path)
+    out = enc.encode(["\ud800 jazz", "jazz"])
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # the surrogate is no word: the same text
+    np.testing.assert_array_equal(enc.encode_transient(["\udfff jazz \ud800"])[0], out[1])
+
+
+def test_request_texts_stay_in_a_bounded_memory_cache(tmp_path):
+    """Issue 31: request (intent) texts never reach the disk; the in-memory LRU has a fixed size."""
+    enc = CachedTextEncoder(HashingTextEncoder(16), tmp_path, memory_size=8)
+    enc.encode(["catalog text one", "catalog text two"])  # catalog texts: persisted
+    files = sorted(tmp_path.rglob("*.npy"))
+    assert len(files) == 2
+    for i in range(300):
+        v = enc.encode_transient([f"anonymous request {i}"])
+        np.testing.assert_array_equal(v, HashingTextEncoder(16).encode([f"anonymous request {i}"]))
+    assert sorted(tmp_path.rglob("*.npy")) == files  # nothing new on disk
+    assert len(enc._memory) == 8  # the LRU holds its capacity, no more
+    hits = enc.hits
+    enc.encode_transient(["anonymous request 299", "catalog text one"])  # recent in memory, catalog on disk
+    assert enc.hits == hits + 2

@@ -171,7 +171,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prepared dataset (default: the one the run was trained on)."),
     split: Split = typer.Option(Split.test, help="Which split to evaluate."),
     exclude_seen: bool = typer.Option(False, help="Never rank items already in the history (off by default, as in the papers)."),
-    batch_size: Optional[int] = typer.Option(None, help="Rows per scoring batch (default: the run's train.eval_batch_size; diffusion models draw noise per batch)."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per scoring batch (default: the run's train.eval_batch_size; results do not depend on it: diffusion noise is keyed per row)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (fractions, plus 'n')."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
@@ -284,6 +284,8 @@ def recommend(
         intents = [t if t is not None else intent for t in row_intents]
         any_intent = any(t is not None for t in intents)
         results = []
+        # chunks bound memory only: each row's noise is keyed by its own content (dreamrec.keyed_noise),
+        # so a line's answer is the one `--history` (or HTTP, or evaluate) gives for it
         for s in range(0, len(rows), 512):
             results += rec.recommend_batch(
                 rows[s : s + 512], k=k, intents=intents[s : s + 512] if any_intent else None, exclude_seen=exclude_seen
@@ -366,24 +368,21 @@ def serve(
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
     new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
 ) -> None:
-    """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs."""
+    """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs.
+
+    One worker: the run is loaded once, in this process, and served. Several workers: the run is
+    checked in a child process (so this supervisor never holds a copy of the model) before any
+    worker starts, and the workers share their Prometheus counters through a temporary folder
+    (``PROMETHEUS_MULTIPROC_DIR``), so /metrics covers every worker."""
     import os
+    import shutil
 
     try:
         import uvicorn
     except ImportError:
         _fail(DreamrecError("serving needs the 'serve' extra: pip install 'dreamrec[serve]'"))
-    from dreamrec.serve import Recommender
-    from dreamrec.train.run import load_run
 
     options = _sampler_options(guidance_w, correction_scale)
-    try:  # fail fast, before any worker starts
-        if new_item_offset is None:
-            load_run(run_dir, sampler=sampler, steps=steps, sampler_options=options)
-        else:
-            Recommender.load(run_dir, sampler=sampler, steps=steps, sampler_options=options, new_item_offset=new_item_offset)
-    except (DreamrecError, ValueError) as e:
-        _fail(e)
     os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
     os.environ["DREAMREC_INDEX"] = index
     os.environ["DREAMREC_SAMPLER"] = sampler or ""
@@ -393,9 +392,52 @@ def serve(
     os.environ["DREAMREC_NEW_ITEM_OFFSET"] = "" if new_item_offset is None else repr(new_item_offset)
     if threads:
         os.environ["DREAMREC_THREADS"] = str(threads)
-    uvicorn.run(
-        "dreamrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
-    )
+    if workers == 1:  # this process is the worker: load once (failing fast) and serve that app
+        from dreamrec.serve.app import app_from_env
+
+        try:
+            served = app_from_env()
+        except (DreamrecError, ValueError) as e:
+            _fail(e)
+        uvicorn.run(served, host=host, port=port, log_level=log_level)
+        return
+    error = _check_run_in_child()  # fail fast, before any worker starts, without a model here
+    if error is not None:
+        _fail(DreamrecError(error))
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a folder given by the caller is kept
+        metrics_dir = tempfile.mkdtemp(prefix="dreamrec-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "dreamrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def _load_from_env() -> str | None:
+    """In a child process: build the served app from the ``DREAMREC_*`` variables as a worker will;
+    None if that works, else the error message."""
+    from dreamrec.serve.app import app_from_env
+
+    try:
+        app_from_env()
+    except (DreamrecError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def _check_run_in_child() -> str | None:
+    """:func:`_load_from_env` in a fresh (spawned) process: the run is validated exactly as the
+    workers will load it, and its memory goes back to the system when the child exits."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_load_from_env).result()
 
 
 @app.command()

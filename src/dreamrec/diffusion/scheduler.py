@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from dreamrec import keyed_noise
 from dreamrec.diffusion.schedules import BetaSchedule, make_beta_schedule
 
 PredictionType = Literal["x0", "epsilon"]
@@ -211,8 +212,8 @@ class DiffusionScheduler:
         DDPM (Algorithm 2, line 7): ``x_{t-1} = coef1 x0_hat + coef2 x_t + sigma_t z`` with
         ``sigma_t^2`` the posterior variance and ``z = 0`` at the last step (line 5).
         DDIM: ``x_{t_prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z``
-        with ``eps_hat`` derived from ``x0_hat``. ``noise`` defaults to ``torch.randn_like`` (the
-        global generator) and is only drawn when ``sigma > 0``.
+        with ``eps_hat`` derived from ``x0_hat``. ``noise`` defaults to :func:`dreamrec.keyed_noise.randn_like`
+        (the global generator, or per-row keyed noise inside ``keyed_rows``) and is only drawn when ``sigma > 0``.
         """
         i = self._index[int(t)]
         x0_hat = self.to_x0(model_output, t, sample)
@@ -226,7 +227,7 @@ class DiffusionScheduler:
             x_prev = self._c_x0[i].to(dtype) * x0_hat + self._c_xt[i].to(dtype) * sample
         sigma = float(self._sigma[i])
         if sigma > 0:
-            z = torch.randn_like(sample) if noise is None else noise
+            z = keyed_noise.randn_like(sample) if noise is None else noise
             x_prev = x_prev + sigma * z
         return x_prev
 
@@ -246,12 +247,12 @@ def sample(
 
     ``model_fn(x_t, t)`` receives ``t`` as a ``[1]`` long tensor, the step shared by every row
     (networks broadcast it, so a time embedding is computed once per step, not per row); call
-    ``scheduler.set_timesteps`` first to choose the sampler. Noise comes from torch's global generator (seed it to reproduce).
+    ``scheduler.set_timesteps`` first to choose the sampler. Noise comes from :mod:`dreamrec.keyed_noise` (torch's global generator; per-row keys inside ``keyed_rows``).
     ``mean_only`` drops the ``sigma z`` term of every step: with ``ddpm`` each update is then the posterior
     mean ``mu(x_t, x0_hat)`` (DiffRec's inference, Algorithm 2). ``project`` maps ``x_T`` and every update
     back onto a manifold (DimeRec's ``L2-Norm``: the unit sphere).
     """
-    x = torch.randn(shape, device=device, dtype=dtype) if x_T is None else x_T
+    x = keyed_noise.randn(shape, device=device, dtype=dtype) if x_T is None else x_T
     if project is not None:
         x = project(x)
     for t in scheduler.timesteps.tolist():

@@ -1,4 +1,9 @@
-"""Evaluation of any model on a split: full ranking, every row counted, eval mode, no gradient."""
+"""Evaluation of any model on a split: full ranking, every row counted, eval mode, no gradient.
+
+Sampled (diffusion) models draw each row's noise from a key of (seed, the row's history, its
+intent) (:mod:`dreamrec.keyed_noise`), so a row's rank does not depend on the batch size or on its
+neighbours, and equals what ``Recommender`` answers for the same history (issue 31).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -11,6 +16,7 @@ import torch
 from dreamrec.data.batching import fit_width
 from dreamrec.data.dataset import SampleRows
 from dreamrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
+from dreamrec.keyed_noise import keyed_rows, row_keys
 
 
 @contextmanager
@@ -47,8 +53,9 @@ def rank_targets(
 ) -> Any:
     """0-based rank of every row's target. The model is put in eval mode and restored after.
 
-    ``seed`` fixes any randomness of the model's inference (diffusion sampling), so the result is
-    deterministic; the global RNG state is saved and restored. ``intents`` (one text or None per
+    ``seed`` fixes any randomness of the model's inference (diffusion sampling): each row's noise is
+    keyed by (seed, its history, its intent), so the result is deterministic and independent of
+    ``batch_size`` and of the other rows; the global RNG state is saved and restored. ``intents`` (one text or None per
     row) is passed to ``model.query(history, intents)`` for models that take an intention (iDreamRec).
     With ``topk > 0`` the result is ``(ranks, top)``, ``top`` the internal ids [N, topk] ranked first.
     ``device`` defaults to the device of the model's weights.
@@ -68,11 +75,13 @@ def rank_targets(
             for s in range(0, len(rows), batch_size):
                 h = torch.from_numpy(history[s : s + batch_size]).to(device)
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
-                if intents is None:
-                    scores = model.score(h).float()
-                else:
-                    q = model.query(h, list(intents[s : s + batch_size]))
-                    scores = (q @ model.item_embeddings()[1:].T).float()
+                texts = None if intents is None else list(intents[s : s + batch_size])
+                with keyed_rows(row_keys(seed, h, texts)):
+                    if texts is None:
+                        scores = model.score(h).float()
+                    else:
+                        q = model.query(h, texts)
+                        scores = (q @ model.item_embeddings()[1:].T).float()
                 if exclude_seen:  # the whole stored history, not only the model's window
                     scores = exclude_history(scores, torch.from_numpy(rows.history[s : s + batch_size]).to(device))
                 ranks[s : s + len(t)] = target_ranks(scores, t).cpu().numpy()

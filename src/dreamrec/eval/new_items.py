@@ -11,6 +11,7 @@ from torch import nn
 from dreamrec.data.batching import fit_width
 from dreamrec.eval.evaluate import model_device, seeded_rng
 from dreamrec.eval.metrics import target_ranks
+from dreamrec.keyed_noise import keyed_rows, row_keys
 from dreamrec.models.new_items import NewItemScoring, standardise
 
 
@@ -41,9 +42,10 @@ def ranks_by_offset(
             for s in range(0, len(rows), batch_size):
                 h = torch.from_numpy(history[s : s + batch_size]).to(device)
                 t = torch.from_numpy(rows.target[s : s + batch_size]).to(device)
-                raw = model.score(h)
+                with keyed_rows(row_keys(seed, h)):  # each row's noise as in rank_targets
+                    raw = model.score(h)
+                    s_new = None if own_scores else model.new_item_scores(h)
                 z = standardise(raw.float())
-                s_new = None if own_scores else model.new_item_scores(h)
                 z_new = z if s_new is None else standardise(s_new.float())
                 for b, w in wrapped.items():
                     if w.beta is None:

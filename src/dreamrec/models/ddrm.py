@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from dreamrec import keyed_noise
 from dreamrec.data.batching import Batch
 from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.scheduler import Sampler
@@ -185,7 +186,7 @@ class DDRM(SequentialRecommender):
         c_i = self.user_embedding(history, vectors)
         e_bar_i = self.start_point(history, vectors)
         T = self.scheduler.num_train_timesteps
-        e_bar_T = self.scheduler.add_noise(e_bar_i, torch.randn_like(e_bar_i), T - 1)
+        e_bar_T = self.scheduler.add_noise(e_bar_i, keyed_noise.randn_like(e_bar_i), T - 1)
         c_proj = self.f_psi.project_condition(c_i)  # the same at every step
 
         def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,7 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
+from dreamrec import keyed_noise
 from dreamrec.data.batching import Batch
 from dreamrec.data.dataset import SampleRows
 from dreamrec.diffusion import DiffusionScheduler, sample
@@ -249,7 +250,7 @@ class DiffRec(SequentialRecommender):
         T_prime = self.config.inference_noise_steps
         if T_prime > 0:
             t = torch.full((x.shape[0],), T_prime - 1, device=x.device, dtype=torch.long)
-            x = self.scheduler.add_noise(x, torch.randn_like(x), t)
+            x = self.scheduler.add_noise(x, keyed_noise.randn_like(x), t)
         return sample(self.denoiser, self.scheduler, tuple(x.shape), x_T=x, mean_only=True)  # ddpm over all T steps
 
     def score(self, history: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from dreamrec import keyed_noise
 from dreamrec.data.batching import Batch
 from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.scheduler import Sampler
@@ -144,7 +145,7 @@ class DiffRec2(SequentialRecommender):
         N = self.scheduler.num_train_timesteps
         unk = self.unk.expand(rows.shape[0], -1)
         last = torch.full((rows.shape[0],), N - 1, dtype=torch.long, device=rows.device)
-        h_N = self.scheduler.add_noise(unk, torch.randn_like(unk), last)  # q(h^N | E(unk))
+        h_N = self.scheduler.add_noise(unk, keyed_noise.randn_like(unk), last)  # q(h^N | E(unk))
         h0 = sample(lambda x, n: self.denoise(rows, x, n), self.scheduler, tuple(h_N.shape), x_T=h_N)
         return h0.view(k, B, -1).mean(0)
 

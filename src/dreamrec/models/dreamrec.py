@@ -90,6 +90,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from dreamrec import keyed_noise
 from dreamrec.data.batching import Batch
 from dreamrec.diffusion import ClassifierFreeGuidance, DiffusionScheduler, drop_condition, sample
 from dreamrec.diffusion.scheduler import Sampler
@@ -293,7 +294,7 @@ class DreamRec(SequentialRecommender):
         else fresh N(0, I)."""
         if self.config.fixed_draws:
             return self._fixed_noise_rows(self.config.draws, B, like.dtype)
-        return torch.randn_like(like)
+        return keyed_noise.randn_like(like)
 
     @property
     def item_embedding(self) -> nn.Embedding:

@@ -49,7 +49,13 @@ from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.nn.dit import DiTContext, InContextDiT
-from dreamrec.text.encoders import DEFAULT_TEXT_ENCODER, TextEncoder, build_text_encoder, text_encoder_dim
+from dreamrec.text.encoders import (
+    DEFAULT_TEXT_ENCODER,
+    TextEncoder,
+    build_text_encoder,
+    encode_request_texts,
+    text_encoder_dim,
+)
 from dreamrec.text.item_text import (
     DescriptionConfig,
     IntentSource,
@@ -192,7 +198,9 @@ class IDreamRec(SequentialRecommender):
         emb = torch.zeros(len(intents), D, device=dev)
         texts = [str(t) for t, p in zip(intents, present) if p]
         if texts:
-            e = torch.from_numpy(np.asarray(self.text_encoder.encode(texts), dtype=np.float32)).to(dev)
+            # request texts: the bounded in-memory cache only, never the disk (issue 31)
+            e = torch.from_numpy(np.asarray(encode_request_texts(self.text_encoder, texts), dtype=np.float32))
+            e = e.to(dev)
             emb[torch.tensor(present, device=dev)] = self.A(e)
         return emb, torch.tensor(present, dtype=torch.bool, device=dev)
 

@@ -35,6 +35,7 @@ import math
 import torch
 from torch import nn
 
+from dreamrec import keyed_noise
 from dreamrec.nn.dropout import Dropout
 from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention, TrimPadding, by_length, trims_on
 
@@ -60,8 +61,9 @@ def timestep_embedding(
 def sample_lambda(shape: torch.Size | tuple[int, ...], delta: float, *, device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``lambda ~ N(delta, delta^2)``: mean ``delta`` and standard deviation ``delta`` (DiffuRec Eq. 15;
-    DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"). Global generator."""
-    return delta + delta * torch.randn(shape, device=device, dtype=dtype)
+    DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"). Global generator, or
+    per-row keyed noise inside :func:`dreamrec.keyed_noise.keyed_rows` (issue 31)."""
+    return delta + delta * keyed_noise.randn(shape, device=device, dtype=dtype)
 
 
 def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:

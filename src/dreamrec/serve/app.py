@@ -10,6 +10,10 @@ Limits and bad input (never a 5xx):
 * an undecodable body (invalid UTF-8) gets 400;
 * malformed JSON, wrong types, ``k < 1`` or ``k > MAX_K``, more than ``MAX_BATCH`` histories,
   an intent for a model without intent support, and unknown ids with ``strict=true`` get 422;
+* ``k`` must be a JSON integer and ``exclude_seen``/``strict`` JSON booleans (``true``, ``"5"``,
+  ``0`` are 422, as the Python API rejects a boolean ``k``); any JSON string is accepted, even a
+  lone surrogate such as ``"\\ud800"``;
+* a method a path does not serve gets 405 with an ``Allow`` header; every GET route answers HEAD;
 * unknown ids (``strict=false``, the default) are ignored and listed in ``unknown``;
 * an empty history gets the model's no-context answer (see ``Recommender``);
 * histories longer than the model's window are truncated to their most recent items
@@ -24,8 +28,9 @@ from typing import Any, Optional, Union
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dreamrec import __version__
@@ -56,18 +61,18 @@ class RecommendRequest(_Body):
         description="Original item ids, oldest first. Empty: the model's no-context answer. "
         "Longer than the model's window: only the most recent items are used.",
     )
-    k: int = Field(20, ge=1, le=MAX_K, description="Number of items; capped at the catalog size.")
+    k: StrictInt = Field(20, ge=1, le=MAX_K, description="Number of items; capped at the catalog size.")
     intent: Optional[str] = Field(None, description="Intention text (intent-aware models only).")
-    exclude_seen: bool = Field(False, description="Never return items of the history.")
-    strict: bool = Field(False, description="422 on unknown item ids instead of ignoring them.")
+    exclude_seen: StrictBool = Field(False, description="Never return items of the history.")
+    strict: StrictBool = Field(False, description="422 on unknown item ids instead of ignoring them.")
 
 
 class BatchRequest(_Body):
     histories: list[list[ItemId]] = Field(..., max_length=MAX_BATCH, description=f"Up to {MAX_BATCH} histories.")
-    k: int = Field(20, ge=1, le=MAX_K)
+    k: StrictInt = Field(20, ge=1, le=MAX_K)
     intents: Optional[list[Optional[str]]] = Field(None, description="One intent per history, or null.")
-    exclude_seen: bool = False
-    strict: bool = False
+    exclude_seen: StrictBool = False
+    strict: StrictBool = False
 
 
 class RecommendResponse(BaseModel):
@@ -98,7 +103,8 @@ class ErrorResponse(BaseModel):
 
 
 class ServingLayer:
-    """Pure ASGI middleware: body-size limit (413 before parsing) and request metrics."""
+    """Pure ASGI middleware: body-size limit (413 before parsing), request metrics, and HEAD
+    (RFC 9110 9.3.2): served as GET with the same headers and no body, so every GET route answers it."""
 
     def __init__(self, app: ASGIApp, metrics: ServerMetrics, max_body_bytes: int):
         self.app = app
@@ -111,6 +117,10 @@ class ServingLayer:
             return
         start = time.perf_counter()
         status = 500
+        method = scope.get("method", "")
+        head = method == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
         try:
             body = await self._read_body(scope, receive)
             if body is None:
@@ -129,12 +139,14 @@ class ServingLayer:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = int(message["status"])
+                elif head and message["type"] == "http.response.body":
+                    message = {**message, "body": b""}
                 await send(message)
 
             await self.app(scope, replay, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "other"
-            self.metrics.observe(scope.get("method", ""), route, status, time.perf_counter() - start)
+            self.metrics.observe(method, route, status, time.perf_counter() - start)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None if it is (or announces to be) larger than the limit."""
@@ -165,6 +177,18 @@ async def _send_413(send: Send, limit: int) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods of every route whose path matches the request's (HEAD wherever GET is served)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": ""})  # no route serves "": a path match is PARTIAL
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _error(status: int, detail: Any, **extra: Any) -> SafeJSONResponse:
@@ -199,8 +223,13 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
         return _error(422, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
-        return _error(exc.status_code, exc.detail)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+        response = _error(exc.status_code, exc.detail)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:  # RFC 9110 15.5.6: list every method the path serves
+            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
+        return response
 
     @app.post("/recommend", response_model=RecommendResponse, responses=bad)
     def recommend(req: RecommendRequest) -> dict[str, Any]:

@@ -1,75 +1,76 @@
-"""A small Prometheus text exposition (format 0.0.4) of request counts, latencies and errors."""
+"""Prometheus metrics of the HTTP app (request counts, latencies, errors) via ``prometheus-client``.
+
+With one process, each :class:`ServerMetrics` keeps its series in its own registry. With several
+worker processes (``dreamrec serve --workers N``) every worker only sees its own requests, so a
+scrape answered by one worker would show that worker's share (issue 31). There the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh folder before any worker starts; prometheus-client's
+multiprocess mode then has every worker write its values to memory-mapped files in that folder,
+and ``/metrics`` aggregates the files of all workers (``MultiProcessCollector``: counters and
+histogram buckets summed), whichever worker answers. See the prometheus-client documentation,
+"Multiprocess Mode (E.g. Gunicorn)".
+"""
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 # seconds; fine-grained below 100 ms where the serving target lies
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _labels(**labels: str) -> str:
-    parts = []
-    for key, value in labels.items():
-        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-        parts.append(f'{key}="{value}"')
-    return "{" + ",".join(parts) + "}"
+def multiprocess_dir() -> str | None:
+    """The shared metrics folder of a multi-worker server, or None for a single process. None too
+    when the variable was set only after prometheus-client was imported (its values then live in
+    this process, not in the folder, and this process's own counts are what can be shown)."""
+    from prometheus_client import values
+
+    path = os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
+    if not path or values.ValueClass is values.MutexValue:
+        return None
+    return path
 
 
 class ServerMetrics:
-    """Thread-safe counters: requests by (method, route, status), latency histogram by route, errors.
+    """Requests by (method, route, status), a latency histogram by route, errors by (route, kind).
 
     ``route`` is the route template (``/items/{item_id}``), never the raw path, so the number of
-    series stays bounded; unmatched paths are counted as ``other``.
+    series stays bounded; unmatched paths are counted as ``other``. In multiprocess mode
+    (:func:`multiprocess_dir` set when prometheus-client was imported) :meth:`render` covers every
+    worker; otherwise this instance's own counts.
     """
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS):
         self.buckets = buckets
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self._bucket_counts: dict[str, list[int]] = {}
-        self._sum: dict[str, float] = defaultdict(float)
-        self._count: dict[str, int] = defaultdict(int)
-        self._errors: dict[tuple[str, str], int] = defaultdict(int)
+        self.shared_dir = multiprocess_dir()
+        # multiprocess: values live in the shared files, read back at render time; no registry holds them
+        self._registry = None if self.shared_dir else CollectorRegistry(auto_describe=True)
+        self._requests = Counter("dreamrec_requests", "HTTP requests by method, route and status code.",
+                                 ["method", "route", "status"], registry=self._registry)
+        self._latency = Histogram(
+            "dreamrec_request_duration_seconds", "Time from receiving a request to the end of its response.",
+            ["route"], buckets=buckets, registry=self._registry,
+        )
+        self._errors = Counter(
+            "dreamrec_request_errors", "Responses with status >= 400, by route and kind (client/server).",
+            ["route", "kind"], registry=self._registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""
-        with self._lock:
-            self._requests[(method, route, str(status))] += 1
-            counts = self._bucket_counts.setdefault(route, [0] * len(self.buckets))
-            for i, upper in enumerate(self.buckets):
-                if seconds <= upper:
-                    counts[i] += 1
-            self._sum[route] += seconds
-            self._count[route] += 1
-            if status >= 400:
-                self._errors[(route, "server" if status >= 500 else "client")] += 1
+        self._requests.labels(method=method, route=route, status=str(status)).inc()
+        self._latency.labels(route=route).observe(seconds)
+        if status >= 400:
+            self._errors.labels(route=route, kind="server" if status >= 500 else "client").inc()
 
     def render(self) -> str:
-        """The Prometheus text format."""
-        lines = [
-            "# HELP dreamrec_requests_total HTTP requests by method, route and status code.",
-            "# TYPE dreamrec_requests_total counter",
-        ]
-        with self._lock:
-            for (method, route, status), n in sorted(self._requests.items()):
-                lines.append(f"dreamrec_requests_total{_labels(method=method, route=route, status=status)} {n}")
-            lines += [
-                "# HELP dreamrec_request_duration_seconds Time from receiving a request to the end of its response.",
-                "# TYPE dreamrec_request_duration_seconds histogram",
-            ]
-            for route in sorted(self._bucket_counts):
-                for upper, n in zip(self.buckets, self._bucket_counts[route]):
-                    lines.append(f"dreamrec_request_duration_seconds_bucket{_labels(route=route, le=repr(upper))} {n}")
-                lines.append(
-                    f"dreamrec_request_duration_seconds_bucket{_labels(route=route, le='+Inf')} {self._count[route]}"
-                )
-                lines.append(f"dreamrec_request_duration_seconds_sum{_labels(route=route)} {self._sum[route]:.6f}")
-                lines.append(f"dreamrec_request_duration_seconds_count{_labels(route=route)} {self._count[route]}")
-            lines += [
-                "# HELP dreamrec_request_errors_total Responses with status >= 400, by route and kind (client/server).",
-                "# TYPE dreamrec_request_errors_total counter",
-            ]
-            for (route, kind), n in sorted(self._errors.items()):
-                lines.append(f"dreamrec_request_errors_total{_labels(route=route, kind=kind)} {n}")
-        return "\n".join(lines) + "\n"
+        """The Prometheus text format (0.0.4)."""
+        if self.shared_dir is None:
+            assert self._registry is not None
+            return generate_latest(self._registry).decode()
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
+        return generate_latest(registry).decode()

@@ -29,6 +29,7 @@ import torch
 
 from dreamrec.data.dataset import coerce_id, python_scalar
 from dreamrec.eval.evaluate import exclude_history, seeded_rng
+from dreamrec.keyed_noise import keyed_rows, row_keys
 from dreamrec.retrieval.base import ItemIndex, build_index
 from dreamrec.retrieval.exact import topk_from_scores
 from dreamrec.train.run import load_run
@@ -264,8 +265,10 @@ class Recommender:
         """(scores [B, k], internal ids [B, k]); items in ``seen`` (each row's whole known history,
         not only the model's window) come back with score -inf."""
         extra = {} if intents is None else {"intent": intents}
-        # seeded: sampled (diffusion) queries repeat; the caller's RNG state is left untouched
-        with self._lock, torch.no_grad(), seeded_rng(self.seed, self.device):
+        # keyed noise: a sampled (diffusion) answer is a function of the row (seed, history, intent) alone,
+        # whatever the batch; the caller's RNG state is left untouched
+        keys = row_keys(self.seed, h, intents)
+        with self._lock, torch.no_grad(), seeded_rng(self.seed, self.device), keyed_rows(keys):
             if self.retrieval is None:
                 scores = self.model.score(h, **extra).float()
                 if seen is not None:

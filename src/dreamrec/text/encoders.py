@@ -8,7 +8,16 @@
   gets a fixed Gaussian vector ``g_w`` seeded by its BLAKE2 hash; a text is ``normalise(sum_w g_w)``,
   so texts that share words have a high cosine.
 * :class:`CachedTextEncoder`: wraps any encoder with an on-disk cache, one ``.npy`` per text, at
-  ``cache_dir/<model key>/<sha256(text)[:2]>/<sha256(text)>.npy`` (``allow_pickle=False``).
+  ``cache_dir/<model key>/<sha256(text)[:2]>/<sha256(text)>.npy`` (``allow_pickle=False``), for the
+  catalog's texts (item descriptions, training intentions: a fixed, finite set), and a bounded
+  in-memory LRU (``memory_size`` texts) in front of it. Request texts (intents sent to
+  ``Recommender``/HTTP/CLI) go through :meth:`CachedTextEncoder.encode_transient` (via
+  :func:`encode_request_texts`): they are read from the disk cache when present but never written,
+  so anonymous requests cannot grow the disk (issue 31).
+
+Any Python string is accepted, even one with lone surrogates (valid JSON ``"\ud800"``, not
+encodable as UTF-8): the cache key hashes it with ``surrogatepass`` (distinct strings, distinct
+keys) and the encoders see it with each unencodable code point replaced by ``?`` (:func:`clean_text`).
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -26,6 +36,17 @@ from dreamrec.errors import MissingExtraError
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 KNOWN_DIMS = {"all-MiniLM-L6-v2": 384, "sentence-transformers/all-MiniLM-L6-v2": 384}
 _WORD = re.compile(r"[\w']+", re.UNICODE)
+DEFAULT_MEMORY_SIZE = 4096  # texts held by a CachedTextEncoder's in-memory LRU
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every code point that UTF-8 cannot encode (lone surrogates) replaced by ``?``:
+    what the encoders see, so any string a client sends can be embedded."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 @runtime_checkable
@@ -53,7 +74,7 @@ class HashingTextEncoder:
     def _word(self, w: str) -> np.ndarray:
         v = self._vectors.get(w)
         if v is None:
-            h = hashlib.blake2b(f"{self.seed}\0{w}".encode(), digest_size=8).digest()
+            h = hashlib.blake2b(f"{self.seed}\0{w}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
             v = np.random.default_rng(int.from_bytes(h, "little")).standard_normal(self.dim)
             self._vectors[w] = v
         return v
@@ -61,7 +82,7 @@ class HashingTextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float64)
         for i, t in enumerate(texts):
-            for w in _WORD.findall(str(t).lower()):
+            for w in _WORD.findall(clean_text(str(t)).lower()):
                 out[i] += self._word(w)
             n = np.linalg.norm(out[i])
             if n > 0:
@@ -128,15 +149,17 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         emb = self.model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            [clean_text(str(t)) for t in texts], batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=True,
             show_progress_bar=False,
         )
         return np.asarray(emb, dtype=np.float32).reshape(len(texts), self.dim)
 
 
 def text_hash(text: str) -> str:
-    """SHA-256 of the UTF-8 text (hex): the per-text cache key."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 of the UTF-8 text (hex): the per-text cache key. Lone surrogates are encoded with
+    ``surrogatepass``, so every Python string has a key (and a valid UTF-8 text keeps its usual one)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _model_key(name: str) -> str:
@@ -152,37 +175,70 @@ def default_cache_dir() -> Path:
 
 
 class CachedTextEncoder:
-    """Disk cache around ``encoder``, keyed by (model name, SHA-256 of the text).
+    """Disk cache around ``encoder``, keyed by (model name, SHA-256 of the text), behind an
+    in-memory LRU of ``memory_size`` texts (0 disables it).
 
-    Only the texts not in the cache are encoded (in one call); ``hits`` and ``misses`` count
-    texts served from disk and texts encoded. Files are written atomically (temp + rename).
+    :meth:`encode` is for catalog texts: misses are written to disk. :meth:`encode_transient` is
+    for request texts: it reads the memory and disk caches but writes only to the bounded memory
+    cache. Only the texts not in a cache are encoded (in one call); ``hits`` and ``misses`` count
+    texts served from a cache and texts encoded. Files are written atomically (temp + rename).
     """
 
-    def __init__(self, encoder: TextEncoder, cache_dir: str | Path | None = None):
+    def __init__(self, encoder: TextEncoder, cache_dir: str | Path | None = None,
+                 memory_size: int = DEFAULT_MEMORY_SIZE):
+        if memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {memory_size}")
         self.encoder = encoder
         self.name = encoder.name
         self.dim = encoder.dim
         self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.dir = self.root / _model_key(encoder.name)
+        self.memory_size = int(memory_size)
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()  # text hash -> vector, oldest first
         self.hits = 0
         self.misses = 0
 
     def _path(self, h: str) -> Path:
         return self.dir / h[:2] / f"{h}.npy"
 
+    def _remember(self, h: str, v: np.ndarray) -> None:
+        if self.memory_size == 0:
+            return
+        self._memory[h] = v
+        self._memory.move_to_end(h)
+        while len(self._memory) > self.memory_size:
+            self._memory.popitem(last=False)
+
+    def _lookup(self, h: str) -> np.ndarray | None:
+        v = self._memory.get(h)
+        if v is not None:
+            self._memory.move_to_end(h)
+            return v
+        p = self._path(h)
+        if p.is_file():
+            try:
+                v = np.load(p, allow_pickle=False)
+            except (OSError, ValueError):
+                v = None
+        if v is not None and v.shape == (self.dim,):
+            self._remember(h, v)
+            return v
+        return None
+
     def encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of catalog texts; the ones not cached are encoded and written to disk."""
+        return self._encode(texts, persist=True)
+
+    def encode_transient(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of request texts: like :meth:`encode`, but nothing is written to disk."""
+        return self._encode(texts, persist=False)
+
+    def _encode(self, texts: list[str], persist: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         todo: dict[str, list[int]] = {}
         for i, t in enumerate(texts):
-            h = text_hash(t)
-            p = self._path(h)
-            v = None
-            if p.is_file():
-                try:
-                    v = np.load(p, allow_pickle=False)
-                except (OSError, ValueError):
-                    v = None
-            if v is not None and v.shape == (self.dim,):
+            v = self._lookup(text_hash(t))
+            if v is not None:
                 out[i] = v
                 self.hits += 1
             else:
@@ -193,7 +249,11 @@ class CachedTextEncoder:
             self.misses += len(new)
             for t, v in zip(new, emb):
                 out[todo[t]] = v
-                self._write(self._path(text_hash(t)), np.asarray(v, dtype=np.float32))
+                v = np.asarray(v, dtype=np.float32)
+                h = text_hash(t)
+                self._remember(h, v)
+                if persist:
+                    self._write(self._path(h), v)
         return out
 
     @staticmethod
@@ -207,6 +267,13 @@ class CachedTextEncoder:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def encode_request_texts(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
+    """Embed texts that come with requests (intents): through the cache's bounded memory only
+    (:meth:`CachedTextEncoder.encode_transient`) when ``encoder`` has one, else plainly."""
+    transient = getattr(encoder, "encode_transient", None)
+    return transient(texts) if transient is not None else encoder.encode(texts)
 
 
 def _parse_hashing(name: str) -> tuple[int, int] | None:
