@@ -38,3 +38,11 @@ def test_paper_model_configs_are_named_by_dataset() -> None:
     for model in ("dreamrec", "reshead-ce"):
         names = {p.stem for p in (ROOT / "configs" / model).glob("*.yaml")}
         assert names <= {"zhihu", "beauty", "ml-1m"}, names
+
+
+def test_config_headers_cite_no_work_sessions() -> None:
+    """A config's comments say where a value comes from (a paper, a notes file, a result), not when it was found."""
+    import re
+
+    for path in CONFIGS:
+        assert not re.search(r"\bsessions? \d", path.read_text(), flags=re.I), path

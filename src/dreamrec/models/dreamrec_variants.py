@@ -5,7 +5,8 @@ only that paper's method).
   ablation studies tried (``experiments/dreamrec/NOTES.md``). With its defaults it is ``dreamrec``
   exactly (same parameters, same random draws, same numbers); each option below removes or replaces a
   part of the paper's method, and a run that sets one is not DreamRec.
-* ``reshead-ce`` (:class:`ResHeadCE`): the recipe that beats SASRec-CE on Zhihu. Its defaults switch
+* ``reshead-ce`` (:class:`ResHeadCE`): the recipe that beats SASRec-CE on Zhihu with the new-item policy
+  (without it, the papers' protocol, it is level with SASRec-CE or behind; README, Benchmarks). Its defaults switch
   off every part of DreamRec's diffusion except the network's noise input: it is a Transformer
   encoder whose state ``c`` is corrected by a residual MLP head and trained by full-softmax
   cross-entropy, i.e. a softmax classifier over the catalog (see its docstring).

@@ -46,10 +46,9 @@ def model_config(name: str, params: dict[str, Any] | None = None) -> Any:
         params, variant, options = split_legacy_params(name, params, set(cls.Config.model_fields))
         if variant is not None:
             raise ConfigError(
-                f"model {name!r} runs the paper's method only; this config sets {', '.join(options)}, options of "
-                f"the research variant "
-                f"{variant!r} (see `dreamrec.models.dreamrec_variants`): set `model: {variant}` (for a run saved "
-                f"before issue 32, in its config.yaml; the weights load unchanged)")
+                f"model {name!r} runs the paper's method only; this config sets {', '.join(options)}, options of the "
+                f"research variant {variant!r} (see `dreamrec.models.dreamrec_variants`): set `model: {variant}` (for "
+                f"a run saved before issue 32, in its config.yaml; the weights load unchanged)")
     try:
         return cls.Config(**params)
     except ValidationError as e:
