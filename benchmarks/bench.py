@@ -33,15 +33,17 @@ def _cache_key(config: dict[str, Any]) -> dict[str, Any]:
     configs, so a seed saved before an option existed still matches when the option keeps its default.
     Each seed file keeps its ``machine`` and resolved ``device``, and the tables say which rows ran where."""
     from dreamrec.config import TrainConfig
-    from dreamrec.models.registry import get_model_class
+    from dreamrec.models.registry import model_config
 
-    try:
-        params = get_model_class(config["model"]).Config(**config.get("params", {})).model_dump(mode="json")
+    try:  # model_config also reads a paper-model config saved before issue 32 (research options at their defaults)
+        params = model_config(config["model"], config.get("params", {})).model_dump(mode="json")
         train = TrainConfig(**config["train"]).model_dump(mode="json")
     except Exception:  # noqa: BLE001 - an unreadable old config simply does not match
         params, train = config.get("params", {}), dict(config.get("train", {}))
     train = {k: v for k, v in train.items() if k not in ("threads", "device", "compile")}
     params = {k: v for k, v in params.items() if k not in EXACT_PARAMS}
+    if params.get("sampler") == "onestep":  # one network call whatever S says (the old default S was 10)
+        params.pop("sampler_steps", None)
     return {**config, "params": params, "train": train}
 
 

@@ -6,10 +6,12 @@
 Protocol: the DiffuRec leave-one-out split, full ranking over all items, history window 50 for
 EVERY model (DiffuRec's max_len, also the window of benchmarks/baselines.py), test
 HR@5/10/20 and NDCG@5/10/20 as mean ± std over the seeds, with validation NDCG@20 early stopping.
-Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/baselines/<dataset>/), DreamRec (the paper's
-method, configs/dreamrec/loo.yaml, our ce-onestep variant, loo-ce-onestep.yaml, and the best Zhihu recipe,
-<dataset>-ce-res-s8.yaml, with its correction scale re-chosen on validation where that was done,
-beauty-ce-res-s2.yaml), DiffuRec and the three DiffuRecSys variants
+Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/<model>/<dataset>.yaml), DreamRec (the paper's
+method, configs/dreamrec/<dataset>.yaml), two research models built from DreamRec's code (the
+dreamrec-ablation ce-onestep setting, benchmarks/configs/dreamrec-ablation/loo-ce-onestep.yaml, and the
+non-diffusion reshead-ce recipe: configs/reshead-ce/<dataset>.yaml, on Beauty with its correction scale
+re-chosen on validation, the Zhihu scale in benchmarks/configs/reshead-ce/beauty-s8.yaml), DiffuRec and the
+three DiffuRecSys variants
 (configs/diffurec/<dataset>-*.yaml). Each seed is cached (benchmarks/bench.py); the generated
 table goes to benchmarks/results/diffurec_loo.md beside the published HR@20.
 
@@ -43,14 +45,17 @@ PUBLISHED = {("beauty", "diffurec"): 11.11, ("ml-1m", "diffurec"): 36.79,
 
 def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
     """(variant name, config, overrides) in table order."""
-    base = CONFIGS / "baselines" / dataset
-    out = [(stem, base / f"{stem}.yaml", []) for stem in ("sasrec-ce", "gru4rec", "caser", "cl4srec")]
-    out += [("dreamrec", CONFIGS / "dreamrec" / "loo.yaml", []),
-            ("dreamrec-ce-onestep", CONFIGS / "dreamrec" / "loo-ce-onestep.yaml", []),
-            ("dreamrec-ce-res-s8", CONFIGS / "dreamrec" / f"{dataset}-ce-res-s8.yaml", [])]
-    # the recipe with s chosen on this dataset's validation split: only where that choice was made (beauty)
-    tuned = CONFIGS / "dreamrec" / f"{dataset}-ce-res-s2.yaml"
-    out += [("dreamrec-ce-res-s2", tuned, [])] if tuned.exists() else []
+    out = [("sasrec-ce", CONFIGS / "sasrec" / f"{dataset}-ce.yaml", [])]
+    out += [(name, CONFIGS / name / f"{dataset}.yaml", []) for name in ("gru4rec", "caser", "cl4srec")]
+    research = ROOT / "configs"
+    out += [("dreamrec", CONFIGS / "dreamrec" / f"{dataset}.yaml", []),
+            ("ablation-ce-onestep", research / "dreamrec-ablation" / "loo-ce-onestep.yaml", [])]
+    # reshead-ce with the Zhihu correction scale s = 8; on Beauty s was re-chosen on validation (s = 2)
+    if dataset == "beauty":
+        out += [("reshead-ce-s8", research / "reshead-ce" / "beauty-s8.yaml", []),
+                ("reshead-ce", CONFIGS / "reshead-ce" / "beauty.yaml", [])]
+    else:
+        out += [("reshead-ce-s8", CONFIGS / "reshead-ce" / f"{dataset}.yaml", [])]
     out += [(v, CONFIGS / "diffurec" / f"{dataset}-{v}.yaml", [])
             for v in ("diffurec", "diffurecsys-xattn", "diffurecsys-xattn-offset")]
     return out
@@ -66,14 +71,16 @@ CAVEATS = {
                "(benchmarks/experiments/dreamrec/NOTES.md, session 15)",
     "dreamrec": "the paper's method (Zhihu selection T 200, w 0); its item table collapses on these splits "
                 "(benchmarks/experiments/dreamrec/NOTES.md)",
-    "dreamrec-ce-res-s8": "the best Zhihu recipe (configs/dreamrec/<dataset>-ce-res-s8.yaml: SASRec's encoder, a residual "
-                          "mlp2 denoiser with dropout, the CE of the one-step query alone, correction_scale 8 taken from "
-                          "Zhihu validation, not tuned here), trained on SASRec's windows (train_batches seq2seq) with "
+    "ablation-ce-onestep": "dreamrec-ablation, not DreamRec: a cosine x0 loss plus a full-softmax CE, trained at t = T "
+                           "only and sampled in one step (benchmarks/configs/dreamrec-ablation/loo-ce-onestep.yaml)",
+    "reshead-ce-s8": "the Zhihu recipe, not a diffusion model (a Transformer encoder with a residual MLP head trained by "
+                     "softmax CE; configs/reshead-ce/ml-1m.yaml, benchmarks/configs/reshead-ce/beauty-s8.yaml: "
+                     "correction_scale 8 taken from Zhihu validation, not tuned here), trained on SASRec's windows (train_batches seq2seq) with "
                           "SASRec-CE's batch size and learning rate. On Beauty, validation prefers s = 2 "
                           "(benchmarks/dreamrec_correction_scale.py over these three runs): test HR@20 11.33 ± 0.12, "
                           "NDCG@20 4.88 ± 0.09 (results/dreamrec_correction_scale/beauty-ce-res-s8.json); retrained at s = 2: "
-                          "the dreamrec-ce-res-s2 row",
-    "dreamrec-ce-res-s2": "dreamrec-ce-res-s8 with correction_scale 2 (configs/dreamrec/beauty-ce-res-s2.yaml), the scale "
+                          "the reshead-ce row",
+    "reshead-ce": "reshead-ce-s8 with correction_scale 2 (configs/reshead-ce/beauty.yaml), the scale "
                           "with the best mean validation HR@20 in the sweep over the three s = 8 runs, trained with it "
                           "so that epoch selection sees it; seeds 0 and 1 resumed a run interrupted after epoch 24, so "
                           "their recorded seconds cover the resumed part only. With patience 15 instead of 5 (Beauty, "
@@ -141,8 +148,8 @@ def quick_data(work: Path) -> dict[str, Path]:
 QUICK = ["train.epochs=1", "train.eval_every=1", "train.batch_size=256"]
 _QUICK_RES = ["hidden=16", "timesteps=10", "inner_size=32"]  # the ce-res recipe, whatever its scale
 QUICK_PARAMS = {"diffurec": ["hidden=16", "n_blocks=1", "timesteps=4"], "dreamrec": ["hidden=16", "timesteps=10"],
-                "dreamrec-ce-onestep": ["hidden=16", "timesteps=10"],
-                "dreamrec-ce-res-s8": _QUICK_RES, "dreamrec-ce-res-s2": _QUICK_RES}
+                "ablation-ce-onestep": ["hidden=16", "timesteps=10"],
+                "reshead-ce-s8": _QUICK_RES, "reshead-ce": _QUICK_RES}
 
 
 def main() -> None:

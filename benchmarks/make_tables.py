@@ -22,6 +22,14 @@ machine by `benchmarks/jobqueue.py` (job lists in `benchmarks/jobs/`, TF32 matri
 GPU), then aggregated here; the per-seed machines and commands are in each JSON's `seed_runs`.
 The leave-one-out table with every model of issue 5 is `results/diffurec_loo.md`.
 
+Model names say what ran. `dreamrec` rows ran the DreamRec paper's method (Algorithms 1-2; a variant name such as
+`ddim10` or `d128` changes one option of the paper's model). `dreamrec-ablation` rows changed part of the method
+(a stop-gradient or cosine x0 loss, training at t = T only, a softmax cross-entropy instead of or beside the x0
+loss, ...; `src/dreamrec/models/dreamrec_variants.py`). `reshead-ce` rows ran a recipe built from DreamRec's code
+that is not a diffusion model: a Transformer encoder with a residual MLP head trained by full-softmax
+cross-entropy, one network call, no guidance. Results of these recipes recorded before the split (as
+`dreamrec`) were relabelled with the model that computes them; their numbers are unchanged.
+
 Reference numbers from elsewhere (not measured by these scripts), for comparison:
 
 | dataset | model | HR@20 (%) | NDCG@20 (%) | source |
@@ -96,7 +104,7 @@ def dreamrec_section(results: Path = RESULTS) -> str:
             continue  # the selected paper model, above
         rec = json.loads(sweep.read_text())
         d, stem = rec["default"], sweep.stem
-        lines += [f"## {stem}: samplers and guidance strength of a DreamRec variant (seed 0)", "",
+        lines += [f"## {stem}: samplers and guidance strength of a dreamrec-ablation setting (seed 0)", "",
                   f"![accuracy vs sampler](results/dreamrec_sampling/{stem}_cost.png) "
                   f"![accuracy vs w](results/dreamrec_sampling/{stem}_w.png)", "",
                   f"Cheapest sampler within {100 * rec['tolerance']:g} % of the best validation HR@20: "
@@ -150,7 +158,7 @@ def idreamrec_section(results: Path = RESULTS) -> str:
                             + (f" ({IDREAMREC_RUNS[path.stem]})" if path.stem in IDREAMREC_RUNS else "") + ".", ""]
         for label, m in rec["samplers"].items():
             lines.append(f"| iDreamRec {label} | " + " | ".join(pct(m[k]) for k in ks) + f" | {len(rec['seeds'])} |")
-        for model, variant in (("sasrec", "sasrec-ce"), ("dreamrec", "dreamrec-ce-onestep"), ("dreamrec", "dreamrec"),
+        for model, variant in (("sasrec", "sasrec-ce"), ("dreamrec-ablation", "ablation-ce-onestep"), ("dreamrec", "dreamrec"),
                                ("popularity", "popularity")):
             f = results / f"ml-1m__{model}__{variant}.json"
             if f.exists():
@@ -172,11 +180,28 @@ def idreamrec_section(results: Path = RESULTS) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+# group labels that named the reshead-ce recipe "dreamrec" before issue 32 (the runs' own records keep them)
+RELABEL = {"dreamrec-s8": "reshead-ce-s8", "dreamrec-ce-res-s2": "reshead-ce-s2"}
+
+
+def relabel(obj):
+    """``obj`` with the old recipe labels of :data:`RELABEL` renamed in its keys and strings, except in commands
+    and paths (strings with a ``/``), which record what was run."""
+    if isinstance(obj, dict):
+        return {relabel(k): (v if k in ("command", "data") else relabel(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relabel(v) for v in obj]
+    if isinstance(obj, str) and "/" not in obj:
+        for old, new in RELABEL.items():
+            obj = obj.replace(old, new)
+    return obj
+
+
 def per_result(results: Path, sub: str, block) -> str:
     """The blocks ``block(path, rec)`` (a list of lines) of each ``results/sub/*.json``, in name order."""
     lines: list[str] = []
     for path in sorted((results / sub).glob("*.json")):
-        lines += block(path, json.loads(path.read_text()))
+        lines += block(path, relabel(json.loads(path.read_text())))
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -1,7 +1,7 @@
 """One config on one prepared dataset over seeds -> one result JSON (the generic benchmark runner).
 
     python benchmarks/run_config.py --data runs/bench/data/zhihu --dataset zhihu \\
-        --config configs/dreamrec/zhihu-d128.yaml --variant d128-T200-w0 --seeds 0 1 2 3 4 \\
+        --config benchmarks/configs/dreamrec/zhihu-d128.yaml --variant d128-T200-w0 --seeds 0 1 2 3 4 \\
         --set timesteps=200 guidance_w=0 train.epochs=60 train.eval_every=5 train.patience=20
 
 Each seed is cached in ``<results>/seeds/`` (benchmarks/bench.py), so seeds can run as separate

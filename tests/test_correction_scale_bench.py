@@ -22,7 +22,7 @@ def _train(tmp_path: Path, ds, params: dict, name: str) -> Path:
     data = tmp_path / "data"
     if not data.exists():
         ds.save(data)
-    cfg = RunConfig(model="dreamrec", params=params, train=TrainConfig(epochs=2, seed=3, batch_size=128))
+    cfg = RunConfig(model="dreamrec-ablation", params=params, train=TrainConfig(epochs=2, seed=3, batch_size=128))
     train_run(cfg, data, tmp_path / name / "seed3", progress=False, log=None, dataset=ds)
     return tmp_path / name / "seed3"
 

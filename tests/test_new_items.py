@@ -24,6 +24,7 @@ from dreamrec.train.run import train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+# the residual recipe (as reshead-ce, with small settings): its new-item score is the guidance c
 DREAMREC = {"hidden": 16, "n_heads": 1, "timesteps": 4, "sampler": "ddim", "sampler_steps": 2, "denoiser": "mlp2",
             "denoiser_residual": True, "correction_scale": 2.0, "ce_weight": 1.0, "x0_weight": 0.0}
 SASREC = {"hidden": 16, "n_layers": 1, "n_heads": 1, "loss": "ce"}
@@ -105,7 +106,7 @@ def test_bad_input_is_named():
             NewItemScoring(m, np.zeros(5, dtype=bool), bad)
 
 
-@pytest.mark.parametrize("name,params", [("dreamrec", DREAMREC), ("sasrec", SASREC)])
+@pytest.mark.parametrize("name,params", [("dreamrec-ablation", DREAMREC), ("sasrec", SASREC)])
 def test_sweep_equals_the_wrapper_under_evaluation(tmp_path, with_new_items, name, params):
     ds, cold = with_new_items
     new = new_item_mask(ds)
@@ -125,7 +126,7 @@ def test_sweep_equals_the_wrapper_under_evaluation(tmp_path, with_new_items, nam
         own = rank_targets(NewItemScoring(model, new, b, own_scores=True), ds.test, seed=3, batch_size=50)
         assert np.array_equal(shifted[b], own), b
     assert not model.training  # evaluating through the wrapper leaves the model in eval mode
-    if name == "dreamrec":  # its new-item scores differ from its own: the two policies rank differently
+    if name == "dreamrec-ablation":  # its new-item scores differ from its own: the two policies rank differently
         assert not np.array_equal(sweep[2.0], shifted[2.0])
     assert np.array_equal(sweep[None], rank_targets(model, ds.test, seed=3, batch_size=50))
     new_rows = new[ds.test.target]
@@ -137,7 +138,7 @@ def test_sweep_equals_the_wrapper_under_evaluation(tmp_path, with_new_items, nam
 
 def test_dreamrec_new_item_scores_are_the_guidance(small_synthetic):
     ds = small_synthetic.dataset
-    model = build_model("dreamrec", ds.n_items, ds.max_len, DREAMREC).eval()
+    model = build_model("dreamrec-ablation", ds.n_items, ds.max_len, DREAMREC).eval()
     h = torch.from_numpy(ds.test.history[:7])
     expect = model.guidance(h) @ model.item_embeddings()[1:].T
     assert torch.allclose(model.new_item_scores(h), expect)

@@ -22,7 +22,7 @@ from dreamrec.config import TrainConfig  # noqa: E402
 from dreamrec.data.synthetic import SyntheticConfig, bayes_optimal, bayes_scores, generate  # noqa: E402
 from dreamrec.eval.evaluate import evaluate  # noqa: E402
 from dreamrec.models import build_model  # noqa: E402
-from dreamrec.models.dreamrec import DreamRec  # noqa: E402
+from dreamrec.models.dreamrec_variants import DreamRecAblation as DreamRec  # noqa: E402  (every research option)
 from dreamrec.train.trainer import seed_everything, train  # noqa: E402
 
 PRESETS = {
@@ -63,11 +63,11 @@ def main() -> None:
     base = {"hidden": 64, "timesteps": 100, "denoiser": "mlp2", "sampler": "onestep", "guidance_w": 0.0}
     base.update(params)
     if "--direct" in sys.argv:
-        from dreamrec.models.dreamrec import DreamRecConfig
+        from dreamrec.models.dreamrec_variants import DreamRecAblationConfig as DreamRecConfig
 
         model = Direct(ds.n_items, ds.max_len, DreamRecConfig(**base))
     else:
-        model = build_model("dreamrec", ds.n_items, ds.max_len, base)
+        model = build_model("dreamrec-ablation", ds.n_items, ds.max_len, base)
     with tempfile.TemporaryDirectory() as tmp:
         res = train(model, ds, TrainConfig(**tr), tmp, progress=False)
     for e in res.history:

@@ -28,7 +28,14 @@ DreamRec's reverse process from ``s~``. Where this implementation chooses:
   at inference too; doing so would make one test row's scores depend on the others in its batch;
 * codes start at ``N(0, item_init_std^2)``, like the item table; histories are right-aligned, so a
   code's last column meets the most recent item;
-* every DreamRec option applies except ``train_batches: seq2seq`` (the code is chosen per history).
+* every DreamRec option applies.
+
+``diqdiff`` builds on :class:`~dreamrec.models.dreamrec.DreamRec`, the paper's method, as DiQDiff does
+(Eq. 13 is DreamRec's x0 loss; Algorithm 2 its reverse process). ``diqdiff-ablation`` adds the research options
+of ``dreamrec-ablation`` (defaults: ``diqdiff``). ``reshead-ce-diqdiff`` adds SVQ and CDM to
+the non-diffusion ``reshead-ce`` recipe instead (:class:`~dreamrec.models.dreamrec_variants.ResHeadCE`):
+a research variant, not DiQDiff's method; there ``L_r`` is reshead-ce's cross-entropy and CDM acts on
+its one-step queries.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from torch import nn
 
 from dreamrec.models.base import ModelConfig
 from dreamrec.models.dreamrec import DreamRec, DreamRecConfig, history_mean
+from dreamrec.models.dreamrec_variants import DreamRecAblation, DreamRecAblationConfig, ResHeadCE, ResHeadCEConfig
 
 
 class DiQDiffConfig(DreamRecConfig):
@@ -51,8 +59,8 @@ class DiQDiffConfig(DreamRecConfig):
     lambda_c: float = Field(0.1, ge=0, description="weight of the contrastive discrepancy loss L_c (Eq. 14)")
 
     @model_validator(mode="after")
-    def _pairs_only(self) -> "DiQDiffConfig":
-        if self.train_batches != "pairs":
+    def _sees_history(self) -> "DiQDiffConfig":
+        if getattr(self, "train_batches", "pairs") != "pairs":
             raise ValueError("DiQDiff picks one code per history: train_batches must be 'pairs'")
         if self.lambda_q == 0 and self.lambda_h == 0:
             raise ValueError("lambda_q and lambda_h are both 0: the guidance would not see the history")
@@ -74,7 +82,7 @@ class DiQDiff(DreamRec):
     config: DiQDiffConfig
 
     def __init__(self, n_items: int, max_len: int, config: ModelConfig | None = None):
-        config = config or DiQDiffConfig()
+        config = config or self.Config()
         assert isinstance(config, DiQDiffConfig)
         super().__init__(n_items, max_len, config)
         d = config.hidden
@@ -123,3 +131,29 @@ class DiQDiff(DreamRec):
         if self.config.lambda_c == 0 or x0_hat.shape[0] < 2:
             return None
         return self.config.lambda_c * contrastive_discrepancy(x0_hat)
+
+
+class DiQDiffAblationConfig(DreamRecAblationConfig, DiQDiffConfig):
+    """DiQDiff's options plus those of ``dreamrec-ablation`` (defaults: DiQDiff's method)."""
+
+
+class DiQDiffAblation(DiQDiff, DreamRecAblation):
+    """SVQ and CDM on ``dreamrec-ablation``: with its defaults ``diqdiff`` exactly; every ablation option
+    removes or replaces a part of the method (see :mod:`dreamrec.models.dreamrec_variants`)."""
+
+    name: ClassVar[str] = "diqdiff-ablation"
+    Config: ClassVar[type[ModelConfig]] = DiQDiffAblationConfig
+    config: DiQDiffAblationConfig  # type: ignore[assignment]
+
+
+class ResHeadCEDiQDiffConfig(ResHeadCEConfig, DiQDiffConfig):  # reshead-ce first: its defaults win
+    """reshead-ce's options and defaults plus DiQDiff's (``n_codes``, ``lambda_q``, ...)."""
+
+
+class ResHeadCEDiQDiff(DiQDiff, ResHeadCE):
+    """DiQDiff's SVQ guidance input and CDM term on the ``reshead-ce`` recipe (a research variant: no
+    diffusion, see :class:`~dreamrec.models.dreamrec_variants.ResHeadCE`)."""
+
+    name: ClassVar[str] = "reshead-ce-diqdiff"
+    Config: ClassVar[type[ModelConfig]] = ResHeadCEDiQDiffConfig
+    config: ResHeadCEDiQDiffConfig  # type: ignore[assignment]

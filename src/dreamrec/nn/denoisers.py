@@ -12,7 +12,7 @@ With ``self_condition`` (Chen et al., 2023, "Analog Bits", Sec. 3.2) the input a
 network's own previous estimate of ``x_0``: ``[x_t; c; tau(t); x0_sc]`` (``4d`` wide), zeros when there
 is none; :class:`SelfConditioned` feeds it at sampling time.
 
-The condition may be wider than ``d`` (``condition_width``): DreamRec's ``denoiser_history`` passes
+The condition may be wider than ``d`` (``condition_width``): dreamrec-ablation's ``denoiser_history`` passes
 ``[c; h_bar]``, the guidance and the mean of the history's item embeddings (``2d``). The first layer then
 reads ``[x_t; c; h_bar; tau(t)]``; only the first ``d`` entries, ``c``, take part in the residual below.
 
