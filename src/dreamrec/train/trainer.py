@@ -81,6 +81,32 @@ def metric_ks(val_metric: str) -> tuple[int, ...]:
     return tuple(sorted(set(DEFAULT_KS) | {int(m.group(2))}))
 
 
+def validates(config: TrainConfig, epoch: int) -> bool:
+    """Whether (1-based) ``epoch`` is a scheduled validation: ``e > eval_offset`` and
+    ``(e - eval_offset) % eval_every == 0`` (the trainer validates the last epoch too)."""
+    return epoch > config.eval_offset and (epoch - config.eval_offset) % config.eval_every == 0
+
+
+def improves(config: TrainConfig, state: dict[str, Any], val: dict[str, float]) -> bool:
+    """Whether validation ``val`` becomes the selected one (updating ``state["metric_bests"]``).
+
+    ``select = "best"``: ``val_metric`` above the best so far. ``"any_improved"``: any of
+    ``select_metrics`` above its own best so far (each metric keeps its own running best, as the
+    DiffuRec code, trainer.py:128-134, which starts them at 0 and compares metrics rounded to 4
+    decimals of a percent; here they start at -inf and are not rounded)."""
+    if config.select == "best":
+        return state["best_value"] is None or val[config.val_metric] > state["best_value"]
+    bests = state.setdefault("metric_bests", {})
+    improved = False
+    for name in config.select_metrics:
+        if name not in val:
+            raise ConfigError(f"train.select_metrics: {name!r} is not a validation metric ({', '.join(val)})")
+        if val[name] > bests.get(name, float("-inf")):
+            bests[name] = val[name]
+            improved = True
+    return improved
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam or AdamW over the trainable parameters, with torch's fused kernel (one multi-tensor
     update per step instead of a loop of small ops per parameter; the same update rule)."""
@@ -226,7 +252,7 @@ def train(
         # TensorFloat-32 matrix products on the GPU (about 10 bits of mantissa: the usual training setting)
         torch.set_float32_matmul_precision("high")
     model.to(device)
-    ks = metric_ks(config.val_metric)
+    ks = tuple(sorted({k for m in [config.val_metric, *config.select_metrics] for k in metric_ks(m)}))
     width = config.max_len or dataset.max_len
     weights_path = out_dir / WEIGHTS_FILE
     log_path = out_dir / LOG_FILE
@@ -349,11 +375,11 @@ def train(
             config.max_minutes is not None and time.perf_counter() - started >= 60 * config.max_minutes, env
         )
 
-        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
+        if validates(config, epoch) or epoch == config.epochs or out_of_time:
             val = validate()
             entry["val"] = val
             current = val[config.val_metric]
-            if state["best_value"] is None or current > state["best_value"]:
+            if improves(config, state, val):
                 state.update(best_value=current, best_epoch=epoch, best_val=val)
                 entry["best"] = True
             state["bad_epochs"] = epoch - state["best_epoch"]
