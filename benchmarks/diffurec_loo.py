@@ -9,8 +9,8 @@ HR@5/10/20 and NDCG@5/10/20 as mean ± std over the seeds, with validation NDCG@
 Models: SASRec (CE), GRU4Rec, Caser, CL4SRec (configs/baselines/<dataset>/), DreamRec (the paper's
 method, configs/dreamrec/loo.yaml, our ce-onestep variant, loo-ce-onestep.yaml, and the best Zhihu recipe,
 <dataset>-ce-res-s8.yaml, with its correction scale re-chosen on validation where that was done,
-beauty-ce-res-s2.yaml), DiffuRec and the three DiffuRecSys variants
-(configs/diffurec/<dataset>-*.yaml). Each seed is cached (benchmarks/bench.py); the generated
+beauty-ce-res-s2.yaml), our DiffuRec and our reading of the DiffuRecSys paper
+(configs/diffurec/<dataset>-{fast,xattn,xattn-offset}.yaml). Each seed is cached (benchmarks/bench.py); the generated
 table goes to benchmarks/results/diffurec_loo.md beside the published HR@20.
 
 Results are recorded under the dataset names ``beauty`` and ``ml-1m``, the same data, window and work
@@ -41,6 +41,11 @@ PUBLISHED = {("beauty", "diffurec"): 11.11, ("ml-1m", "diffurec"): 36.79,
              ("beauty", "diffurecsys-xattn-offset"): 14.00, ("ml-1m", "diffurecsys-xattn-offset"): 39.58}
 
 
+# the variant names of the recorded seeds -> our DiffuRec configs configs/diffurec/<dataset>-<suffix>.yaml (the
+# authors' code as it runs is configs/diffurec/<dataset>.yaml and configs/diffurecsys/, see benchmarks/RUNNING.md)
+OUR_DIFFUREC = {"diffurec": "fast", "diffurecsys-xattn": "xattn", "diffurecsys-xattn-offset": "xattn-offset"}
+
+
 def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
     """(variant name, config, overrides) in table order."""
     base = CONFIGS / "baselines" / dataset
@@ -51,8 +56,7 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
     # the recipe with s chosen on this dataset's validation split: only where that choice was made (beauty)
     tuned = CONFIGS / "dreamrec" / f"{dataset}-ce-res-s2.yaml"
     out += [("dreamrec-ce-res-s2", tuned, [])] if tuned.exists() else []
-    out += [(v, CONFIGS / "diffurec" / f"{dataset}-{v}.yaml", [])
-            for v in ("diffurec", "diffurecsys-xattn", "diffurecsys-xattn-offset")]
+    out += [(v, CONFIGS / "diffurec" / f"{dataset}-{suffix}.yaml", []) for v, suffix in OUR_DIFFUREC.items()]
     return out
 
 
@@ -88,8 +92,10 @@ CAVEATS = {
     "diffurecsys-xattn": "as diffurec; without offset noise two of three seeds were slow to start (validation "
                          "HR@20 below 3 % for ten epochs, still rising at the budget)",
     "diffurecsys-xattn-offset": "as diffurec; seed 0 of beauty continued on the CPU to epoch 56 reaches 9.06 %, "
-                                "epoch for epoch on DiffuRec's curve. The published 14.00 was measured on RecBole's "
-                                "Beauty with a window of 100, not on this split (experiments/diffurec/NOTES.md)",
+                                "epoch for epoch on DiffuRec's curve. The published 14.00 is a number on this very split "
+                                "(the DiffuRecSys code's datasetB.pkl is our beauty.pkl) from a different network: "
+                                "d = 256, window 100, linear cross-attention (model diffurecsys; "
+                                "experiments/diffurec/NOTES.md)",
 }
 
 

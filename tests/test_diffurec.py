@@ -272,7 +272,7 @@ def test_algorithm3_averages_reversed_x0_over_seeds() -> None:
 def test_configs_are_the_papers() -> None:
     for ds in ("beauty", "ml-1m"):
         variants = {}
-        for v in ("diffurec", "diffurecsys-xattn", "diffurecsys-xattn-offset"):
+        for v in ("fast", "xattn", "xattn-offset"):
             cfg = build_run_config(load_yaml(ROOT / "configs" / "diffurec" / f"{ds}-{v}.yaml"))
             assert cfg.model == "diffurec" and cfg.train.max_len == 50
             variants[v] = build_model("diffurec", 20, 50, cfg.params).config
