@@ -74,7 +74,7 @@ def subsample(pkl: Path, max_users: int | None, seed: int, out: Path) -> Path:
 
 # -- their code, in a subprocess ----------------------------------------------------------------
 def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int, threads: int,
-                    time_batches: int | None) -> dict[str, Any]:
+                    time_batches: int | None, check: bool = False) -> dict[str, Any]:
     """Train their model as their ``model_train`` (trainer.py:90-110), validating after every epoch."""
     import random
     from argparse import Namespace
@@ -98,6 +98,8 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
     model = model_mod.Att_Diffuse_model(model_mod.create_model_diffu(args), args)
     optimizer = train_mod.optimizers(model, args)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.decay_step, gamma=args.gamma)
+    if check:
+        return check_equivalence(side, model, args, val_loader, seed)
     if time_batches:
         return {"seconds_per_batch": _time_official(model, optimizer, train_loader, time_batches),
                 "n_batches_per_epoch": len(train_loader)}
@@ -129,6 +131,93 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
     return {"epochs": epochs_out, "n_batches_per_epoch": len(train_loader)}
 
 
+# -- numerical check: their network and ours with the same weights and lambda draws -------------------
+def _their_to_ours(side: str, theirs: dict[str, Any], n_blocks: int) -> dict[str, Any]:
+    """Their state dict -> ours (names and the fused q/k/v of our self-attention)."""
+    import torch
+
+    x = "diffu.xstart_model."
+    out = {"item_embedding.weight": theirs["item_embeddings.weight"], "emb_norm.weight": theirs["LayerNorm.weight"],
+           "emb_norm.bias": theirs["LayerNorm.bias"]}
+    for i in (0, 2):
+        for w in ("weight", "bias"):
+            out[f"approximator.time_mlp.{i}.{w}"] = theirs[f"{x}time_embed.{i}.{w}"]
+    for w in ("weight", "bias"):
+        out[f"approximator.out_norm.{w}"] = theirs[f"{x}norm_diffu_rep.{w}"]
+    attn_name = "attention" if side == "whuir" else "MU"
+    for b in range(n_blocks):
+        src, dst = f"{x}att.transformer_blocks.{b}.", f"approximator.blocks.{b}."
+        for w in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{w}"] = torch.cat([theirs[f"{src}{attn_name}.linear_layers.{j}.{w}"] for j in range(3)])
+            out[f"{dst}attn.out.{w}"] = theirs[f"{src}{attn_name}.w_layer.{w}"]
+            out[f"{dst}ffn.fc1.{w}"] = theirs[f"{src}feed_forward.w_1.{w}"]
+            out[f"{dst}ffn.fc2.{w}"] = theirs[f"{src}feed_forward.w_2.{w}"]
+            out[f"{dst}norm1.{w}"] = theirs[f"{src}input_sublayer.norm.{w}"]
+            out[f"{dst}norm2.{w}"] = theirs[f"{src}output_sublayer.norm.{w}"]
+            if side == "diffurecsys":
+                for j, name in enumerate(("q", "k", "v")):
+                    out[f"{dst}cross.{name}.{w}"] = theirs[f"{src}CA.linear_layers.{j}.{w}"]
+                out[f"{dst}cross.out.{w}"] = theirs[f"{src}CA.w_layer.{w}"]
+    return out
+
+
+CHECK_ROWS = 128  # validation rows compared by --check (their reverse process of DiffuRecSys is slow on a CPU)
+
+
+def check_equivalence(side: str, model: Any, args: Any, loader: Any, seed: int) -> dict[str, Any]:
+    """Copy their weights into our model, fix lambda to the same draw on both sides, and compare (eval mode):
+    the history representations, ``x0_hat`` of the approximator and the training loss given ``x0_hat``."""
+    import torch
+
+    import dreamrec.nn.approximators as ours_apx
+    import dreamrec.nn.diffurecsys as ours_sys
+    from dreamrec.models import build_model
+
+    params = {"hidden": args.hidden_size, "n_blocks": args.num_blocks, "n_heads": 4, "dropout": args.dropout,
+              "emb_dropout": args.emb_dropout, "delta": args.lambda_uncertainty, "timesteps": args.diffusion_steps}
+    if side == "whuir":
+        params.update(official_padding=True, block_dropout=True, layer_norm_eps=1e-12, gelu="tanh", init="xavier",
+                      reverse_variance="beta", trim_padding=False)
+    ours = build_model(SIDES[side]["model"], args.item_num, args.max_len, params)
+    mapped = _their_to_ours(side, model.state_dict(), args.num_blocks)
+    missing = set(ours.state_dict()) - set(mapped)
+    ours.load_state_dict(mapped, strict=True)
+    model.eval()
+    ours.eval()
+    seq, tag = (x[:CHECK_ROWS] for x in next(iter(loader)))
+    torch.manual_seed(seed)
+    lam = args.lambda_uncertainty + args.lambda_uncertainty * torch.randn(seq.shape[0], seq.shape[1], args.hidden_size)
+    real_normal = torch.normal
+    torch.normal = lambda mean, std, *a, **k: lam.clone()  # their lambda draw (diffurec.py:316 / :397)
+    ours_apx.sample_lambda = ours_sys.sample_lambda = lambda shape, delta, **k: lam.clone()
+    try:
+        with torch.no_grad():
+            e_theirs = model.LayerNorm(model.embed_dropout(model.item_embeddings(seq)))
+            e_ours, valid = ours.history_representation(seq)
+            x_t = torch.randn(seq.shape[0], args.hidden_size)
+            t = torch.randint(0, args.diffusion_steps, (seq.shape[0],))
+            x0_theirs, _ = model.diffu.xstart_model(e_theirs, x_t, model.diffu._scale_timesteps(t), (seq > 0).float())
+            x0_ours = ours.approximator(e_ours, valid, x_t, t)
+            loss_theirs = model.loss_diffu_ce(x0_theirs, tag)
+            loss_ours = torch.nn.functional.cross_entropy(x0_ours @ ours.item_embedding.weight.T, tag.squeeze(-1))
+            # the whole reverse process (32 steps, beta_t variance): the same x_T and step noises from the same seed
+            torch.manual_seed(seed + 1)
+            rev_theirs = model(seq, tag, train_flag=False)[1]
+            torch.manual_seed(seed + 1)
+            rev_ours = ours.reverse(seq)
+    finally:
+        torch.normal = real_normal
+    return {"unmapped_params_of_ours": sorted(missing), "rows": int(seq.shape[0]),
+            "max_abs_diff_history": float((e_theirs - e_ours).abs().max()),
+            "max_abs_diff_x0_hat": float((x0_theirs - x0_ours).abs().max()),
+            "max_abs_x0_hat": float(x0_theirs.abs().max()),
+            "loss_theirs": float(loss_theirs), "loss_ours": float(loss_ours),
+            "max_abs_diff_reversed_x0": float((rev_theirs - rev_ours).abs().max()),
+            "max_abs_reversed_x0": float(rev_theirs.abs().max()),
+            "top20_same_items": float((torch.topk(rev_theirs @ ours.item_embedding.weight.T, 20).indices
+                                       == torch.topk(rev_ours @ ours.item_embedding.weight.T, 20).indices).float().mean())}
+
+
 def _time_official(model: Any, optimizer: Any, loader: Any, k: int) -> float:
     model.train()
     it = iter(loader)
@@ -150,7 +239,10 @@ def run_official(side: str, checkout: Path, pkl: Path, a: argparse.Namespace) ->
            "--epochs", str(a.epochs), "--seed", str(a.seed), "--threads", str(a.threads), "--worker-out", str(out)]
     if a.time_batches:
         cmd += ["--time-batches", str(a.time_batches)]
-    env = {"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "PATH": "/usr/bin:/bin"}
+    if a.check:
+        cmd += ["--check"]
+    env = {"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT / "src")}  # --check imports dreamrec beside their modules
     subprocess.run(cmd, check=True, env=env, cwd=str(checkout))
     return json.loads(out.read_text())
 
@@ -244,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--time-batches", type=int, default=None, help="only time K training batches per side")
+    p.add_argument("--check", action="store_true", help="only compare their network and ours on one validation "
+                   "batch with the same weights and lambda draws (eval mode)")
     p.add_argument("--fast", action="store_true", help="also time/run our fast variant (<dataset>-fast.yaml)")
     p.add_argument("--work", default="/tmp/diffurec_official")
     p.add_argument("--name", default="beauty")
@@ -253,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.official_worker:
-        res = official_worker(a.official_worker, a.checkout, a.pkl, a.epochs, a.seed, a.threads, a.time_batches)
+        res = official_worker(a.official_worker, a.checkout, a.pkl, a.epochs, a.seed, a.threads, a.time_batches,
+                              a.check)
         a.worker_out.write_text(json.dumps(res))
         return
     from dreamrec.eval.report import command_line, machine
@@ -270,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         if checkout is None:
             continue
         label = SIDES[side]["label"]
+        if a.check:
+            result["check"] = result.get("check", {}) | {label: run_official(side, checkout.resolve(), pkl, a)}
+            print(label, json.dumps(result["check"][label]), flush=True)
+            continue
         runs = {f"official {label}": run_official(side, checkout.resolve(), pkl, a), f"ours {label}": run_ours(side, pkl, a)}
         if a.fast and side == "whuir":
             runs[f"ours {label} (fast)"] = run_ours(side, pkl, a, variant="fast")
