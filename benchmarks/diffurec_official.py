@@ -44,7 +44,8 @@ OUT = ROOT / "benchmarks" / "results" / "diffurec_official"
 SIDES = {
     "whuir": {"label": "DiffuRec", "model": "diffurec", "src": "src", "modules": ("utils", "model", "trainer"),
               "args": {"hidden_size": 128, "max_len": 50, "weight_decay": 0.0, "decay_step": 100}},
-    "diffurecsys": {"label": "DiffuRecSys", "model": "diffurecsys", "src": ".", "modules": ("tools", "model", "training"),
+    "diffurecsys": {"label": "DiffuRecSys", "model": "diffurecsys", "src": ".",
+                    "modules": ("tools", "model", "training"),
                     "args": {"hidden_size": 256, "max_len": 100, "weight_decay": 1e-4, "decay_step": 30}},
 }
 COMMON_ARGS = {"dropout": 0.1, "emb_dropout": 0.3, "num_blocks": 4, "batch_size": 512, "lr": 1e-3, "gamma": 0.1,
@@ -207,6 +208,9 @@ def check_equivalence(side: str, model: Any, args: Any, loader: Any, seed: int) 
             rev_ours = ours.reverse(seq)
     finally:
         torch.normal = real_normal
+    def top20(x: torch.Tensor) -> torch.Tensor:
+        return torch.topk(x @ ours.item_embedding.weight.T, 20).indices
+
     return {"unmapped_params_of_ours": sorted(missing), "rows": int(seq.shape[0]),
             "max_abs_diff_history": float((e_theirs - e_ours).abs().max()),
             "max_abs_diff_x0_hat": float((x0_theirs - x0_ours).abs().max()),
@@ -214,8 +218,7 @@ def check_equivalence(side: str, model: Any, args: Any, loader: Any, seed: int) 
             "loss_theirs": float(loss_theirs), "loss_ours": float(loss_ours),
             "max_abs_diff_reversed_x0": float((rev_theirs - rev_ours).abs().max()),
             "max_abs_reversed_x0": float(rev_theirs.abs().max()),
-            "top20_same_items": float((torch.topk(rev_theirs @ ours.item_embedding.weight.T, 20).indices
-                                       == torch.topk(rev_ours @ ours.item_embedding.weight.T, 20).indices).float().mean())}
+            "top20_same_items": float((top20(rev_theirs) == top20(rev_ours)).float().mean())}
 
 
 def _time_official(model: Any, optimizer: Any, loader: Any, k: int) -> float:
@@ -369,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
             result["check"] = result.get("check", {}) | {label: run_official(side, checkout.resolve(), pkl, a)}
             print(label, json.dumps(result["check"][label]), flush=True)
             continue
-        runs = {f"official {label}": run_official(side, checkout.resolve(), pkl, a), f"ours {label}": run_ours(side, pkl, a)}
+        runs = {f"official {label}": run_official(side, checkout.resolve(), pkl, a),
+                f"ours {label}": run_ours(side, pkl, a)}
         if a.fast and side == "whuir":
             runs[f"ours {label} (fast)"] = run_ours(side, pkl, a, variant="fast")
         for key, res in runs.items():

@@ -213,7 +213,8 @@ def test_faithful_configs() -> None:
         sys_cfg = build_run_config(load_yaml(ROOT / "configs" / "diffurecsys" / f"{ds}.yaml"))
         assert sys_cfg.model == "diffurecsys" and sys_cfg.params["hidden"] == 256
         t = sys_cfg.train
-        assert (t.epochs, t.lr_decay_step, t.eval_every, t.patience, t.weight_decay, t.max_len) == (41, 30, 8, 24, 1e-4, 100)
+        assert (t.epochs, t.lr_decay_step, t.eval_every, t.patience, t.weight_decay, t.max_len) == (
+            41, 30, 8, 24, 1e-4, 100)
     off = build_run_config(load_yaml(ROOT / "configs" / "diffurecsys" / "beauty-offset.yaml"))
     c = build_model(off.model, 20, 100, off.params).config
     assert (c.offset_noise, c.offset_mode) == (0.1, "element")

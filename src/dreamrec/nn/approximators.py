@@ -20,7 +20,7 @@ batch runs in buckets of similar history length without their all-padding column
 (:func:`dreamrec.nn.encoders.by_length`). Both are exact.
 
 Attention is bidirectional over the real items (the target is not in the sequence, so nothing
-leaks); padding is never a key, and the diagonal is always allowed so an empty history (all
+leaks); by default padding is never a key, and the diagonal is always allowed so an empty history (all
 padding) gives finite states that depend only on ``x_t`` and ``t``.
 
 By default this deviates from the authors' code, on purpose: padding keys are masked (their mask

@@ -2,7 +2,9 @@
 
 ``train`` fits a :class:`~dreamrec.models.base.SequentialRecommender` on a
 :class:`~dreamrec.data.dataset.PreparedDataset`, selects the epoch with the best validation
-metric (early stopping with ``patience``), keeps its weights in ``<out_dir>/model.safetensors``
+metric (early stopping with ``patience``; or, with ``train.select = any_improved``, the last validation at
+which any of ``train.select_metrics`` improved, as the DiffuRec authors' loop), keeps its weights in
+``<out_dir>/model.safetensors``
 (with ``train.ema_decay``, an exponential moving average of the weights is what is validated,
 selected and kept; :mod:`dreamrec.train.ema`)
 and writes a resumable, pickle-free checkpoint after every epoch (``<out_dir>/checkpoint/``,
