@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -234,3 +235,21 @@ def test_save_load_identical_scores(name: str, tmp_path: Path) -> None:
     ds = generate(SyntheticConfig(n_users=60, n_items=25, n_topics=3, min_len=4, max_len=8, seed=3)).dataset
     params = {**SMALL, **OFFICIAL} if name == "diffurec" else SMALL
     assert_reload_identical(name, params, ds, tmp_path)
+
+
+def test_any_improved_selection_resumes_exactly(tmp_path: Path) -> None:
+    """The per-metric bests live in the checkpoint: 2 epochs + --resume to 5 = 5 epochs in one go."""
+    ds = generate(SyntheticConfig(n_users=60, n_items=25, n_topics=3, min_len=4, max_len=8, seed=3)).dataset
+
+    def run(out: Path, epochs: int, resume: bool = False) -> Any:
+        cfg = TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, eval_every=1, patience=100, seed=0,
+                          select="any_improved", grad_clip=None, threads=1)
+        torch.manual_seed(0)
+        model = build_model("diffurec", ds.n_items, ds.max_len, {**SMALL, **OFFICIAL})
+        return train(model, ds, cfg, out, resume=resume, progress=False, log=lambda s: None)
+
+    whole = run(tmp_path / "a", 5)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 5, resume=True)
+    assert resumed.best_epoch == whole.best_epoch
+    assert [e["val"] for e in resumed.history] == [e["val"] for e in whole.history]
