@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def subsample(pkl: Path, max_users: int | None, seed: int, out: Path) -> Path:
 
 # -- their code, in a subprocess ----------------------------------------------------------------
 def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int, threads: int,
-                    time_batches: int | None, check: bool = False) -> dict[str, Any]:
+                    time_batches: int | None, check: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Train their model as their ``model_train`` (trainer.py:90-110), validating after every epoch."""
     import random
     from argparse import Namespace
@@ -93,10 +94,10 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
     np.random.seed(seed)
     with pkl.open("rb") as f:
         data = pickle.load(f)
-    args = Namespace(**COMMON_ARGS, **spec["args"], item_num=len(data["smap"]))
+    args = Namespace(**(COMMON_ARGS | {"device": device}), **spec["args"], item_num=len(data["smap"]))
     train_loader = data_mod.Data_Train(data["train"], args).get_pytorch_dataloaders()
     val_loader = data_mod.Data_Val(data["train"], data["val"], args).get_pytorch_dataloaders()
-    model = model_mod.Att_Diffuse_model(model_mod.create_model_diffu(args), args)
+    model = model_mod.Att_Diffuse_model(model_mod.create_model_diffu(args), args).to(device)
     optimizer = train_mod.optimizers(model, args)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.decay_step, gamma=args.gamma)
     if check:
@@ -110,6 +111,7 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
         model.train()
         losses = []
         for seq, tag in train_loader:
+            seq, tag = seq.to(device), tag.to(device)
             optimizer.zero_grad()
             _, rep, *_ = model(seq, tag, train_flag=True)
             loss = model.loss_diffu_ce(rep, tag)
@@ -122,6 +124,7 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
         per_batch: dict[str, list[float]] = {}
         with torch.no_grad():
             for seq, tag in val_loader:
+                seq, tag = seq.to(device), tag.to(device)
                 _, rep, *_ = model(seq, tag, train_flag=False)
                 for k, v in train_mod.hrs_and_ndcgs_k(model.diffu_rep_pre(rep), tag, args.metric_ks).items():
                     per_batch.setdefault(k, []).append(v)
@@ -244,7 +247,8 @@ def run_official(side: str, checkout: Path, pkl: Path, a: argparse.Namespace) ->
         cmd += ["--time-batches", str(a.time_batches)]
     if a.check:
         cmd += ["--check"]
-    env = {"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "PATH": "/usr/bin:/bin",
+    cmd += ["--device", a.device]
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "PYTHONPATH": str(ROOT / "src")}  # --check imports dreamrec beside their modules
     subprocess.run(cmd, check=True, env=env, cwd=str(checkout))
     return json.loads(out.read_text())
@@ -257,7 +261,7 @@ def our_config(side: str, dataset: str, variant: str | None, a: argparse.Namespa
     folder = SIDES[side]["model"]
     path = ROOT / "configs" / folder / (f"{dataset}-{variant}.yaml" if variant else f"{dataset}.yaml")
     sets = [f"train.epochs={a.epochs}", "train.eval_every=1", "train.eval_offset=0", "train.patience=100000",
-            f"train.seed={a.seed}", f"train.threads={a.threads}"]
+            f"train.seed={a.seed}", f"train.threads={a.threads}", f"train.device={a.device}"]
     return build_run_config(apply_overrides(load_yaml(path), sets), str(path)), path
 
 
@@ -338,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-users", type=int, default=None, help="the same random N users on both sides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for both sides (not with --time-batches / --check)")
     p.add_argument("--time-batches", type=int, default=None, help="only time K training batches per side")
     p.add_argument("--check", action="store_true", help="only compare their network and ours on one validation "
                    "batch with the same weights and lambda draws (eval mode)")
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.official_worker:
         res = official_worker(a.official_worker, a.checkout, a.pkl, a.epochs, a.seed, a.threads, a.time_batches,
-                              a.check)
+                              a.check, a.device)
         a.worker_out.write_text(json.dumps(res))
         return
     from dreamrec.eval.report import command_line, machine
