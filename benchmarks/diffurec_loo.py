@@ -12,7 +12,8 @@ dreamrec-ablation ce-onestep setting, benchmarks/configs/dreamrec-ablation/loo-c
 non-diffusion reshead-ce recipe: configs/reshead-ce/<dataset>.yaml, on Beauty with its correction scale
 re-chosen on validation, the Zhihu scale in benchmarks/configs/reshead-ce/beauty-s8.yaml), DiffuRec and the
 three DiffuRecSys variants
-(configs/diffurec/<dataset>-*.yaml). Each seed is cached (benchmarks/bench.py); the generated
+(our readings of the papers: configs/diffurec/<dataset>-{fast,xattn,xattn-offset}.yaml; the authors'
+code as it runs is configs/diffurec/<dataset>.yaml and configs/diffurecsys/, benchmarks/RUNNING.md). Each seed is cached (benchmarks/bench.py); the generated
 table goes to benchmarks/results/diffurec_loo.md beside the published HR@20.
 
 Results are recorded under the dataset names ``beauty`` and ``ml-1m``, the same data, window and work
@@ -43,6 +44,11 @@ PUBLISHED = {("beauty", "diffurec"): 11.11, ("ml-1m", "diffurec"): 36.79,
              ("beauty", "diffurecsys-xattn-offset"): 14.00, ("ml-1m", "diffurecsys-xattn-offset"): 39.58}
 
 
+# the variant names of the recorded seeds -> our DiffuRec configs configs/diffurec/<dataset>-<suffix>.yaml (the
+# authors' code as it runs is configs/diffurec/<dataset>.yaml and configs/diffurecsys/, see benchmarks/RUNNING.md)
+OUR_DIFFUREC = {"diffurec": "fast", "diffurecsys-xattn": "xattn", "diffurecsys-xattn-offset": "xattn-offset"}
+
+
 def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
     """(variant name, config, overrides) in table order."""
     out = [("sasrec-ce", CONFIGS / "sasrec" / f"{dataset}-ce.yaml", [])]
@@ -56,8 +62,7 @@ def variants(dataset: str) -> list[tuple[str, Path, list[str]]]:
                 ("reshead-ce", CONFIGS / "reshead-ce" / "beauty.yaml", [])]
     else:
         out += [("reshead-ce-s8", CONFIGS / "reshead-ce" / f"{dataset}.yaml", [])]
-    out += [(v, CONFIGS / "diffurec" / f"{dataset}-{v}.yaml", [])
-            for v in ("diffurec", "diffurecsys-xattn", "diffurecsys-xattn-offset")]
+    out += [(v, CONFIGS / "diffurec" / f"{dataset}-{suffix}.yaml", []) for v, suffix in OUR_DIFFUREC.items()]
     return out
 
 
@@ -95,8 +100,10 @@ CAVEATS = {
     "diffurecsys-xattn": "as diffurec; without offset noise two of three seeds were slow to start (validation "
                          "HR@20 below 3 % for ten epochs, still rising at the budget)",
     "diffurecsys-xattn-offset": "as diffurec; seed 0 of beauty continued on the CPU to epoch 56 reaches 9.06 %, "
-                                "epoch for epoch on DiffuRec's curve. The published 14.00 was measured on RecBole's "
-                                "Beauty with a window of 100, not on this split (benchmarks/experiments/diffurec/NOTES.md)",
+                                "epoch for epoch on DiffuRec's curve. The published 14.00 is a number on this very split "
+                                "(the DiffuRecSys code's datasetB.pkl is our beauty.pkl) from a different network: "
+                                "d = 256, window 100, linear cross-attention (model diffurecsys; "
+                                "benchmarks/experiments/diffurec/NOTES.md)",
 }
 
 

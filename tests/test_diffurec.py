@@ -3,7 +3,6 @@ samplers (DDIM = DDPM at S = T, eta = 1), Algorithm 3, configs, and the planted 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -272,7 +271,7 @@ def test_algorithm3_averages_reversed_x0_over_seeds() -> None:
 def test_configs_are_the_papers() -> None:
     for ds in ("beauty", "ml-1m"):
         variants = {}
-        for v in ("diffurec", "diffurecsys-xattn", "diffurecsys-xattn-offset"):
+        for v in ("fast", "xattn", "xattn-offset"):
             cfg = build_run_config(load_yaml(ROOT / "configs" / "diffurec" / f"{ds}-{v}.yaml"))
             assert cfg.model == "diffurec" and cfg.train.max_len == 50
             variants[v] = build_model("diffurec", 20, 50, cfg.params).config
@@ -289,9 +288,7 @@ def test_configs_are_the_papers() -> None:
 ])
 def test_planted_pattern(params: dict, tmp_path: Path) -> None:
     """Measured (8 epochs, one thread): HR@20 0.80 (baseline) and 0.73 (+xattn+offset) vs popularity 0.41."""
-    t0 = time.perf_counter()
     hr, hr_pop = planted_hr20(
         "diffurec", {"hidden": 32, "n_blocks": 1, "n_heads": 2, "timesteps": 8, **params}, tmp_path
     )
     assert hr >= 1.5 * hr_pop, (hr, hr_pop)
-    assert time.perf_counter() - t0 < 40

@@ -49,6 +49,20 @@ class TrainConfig(_Strict):
     patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
     val_metric: str = "NDCG@20"
     eval_every: int = Field(1, ge=1)
+    eval_offset: int = Field(
+        0, ge=0, description="validate after the epochs e > eval_offset with (e - eval_offset) % eval_every == 0 (and "
+        "the last); 1 with eval_every 20 = epochs 21, 41, ... as the DiffuRec code (trainer.py:112, 0-based "
+        "epoch_temp != 0 and epoch_temp % 20 == 0)"
+    )
+    select: Literal["best", "any_improved"] = Field(
+        "best", description="which validated epoch is kept: best = the highest val_metric (early stopping counts "
+        "epochs since it); any_improved = the last validation at which any of select_metrics beat its own best so "
+        "far (the DiffuRec and DiffuRecSys code, trainer.py:128-145; patience counts epochs since that validation)"
+    )
+    select_metrics: list[str] = Field(
+        default_factory=lambda: ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"],
+        description="the metrics of select: any_improved",
+    )
     eval_batch_size: int = Field(1024, ge=1)
     val_sampler: Literal["ddpm", "ddim", "onestep"] | None = Field(
         None, description="diffusion models: the sampler of the validation runs during training (e.g. a few DDIM "

@@ -27,6 +27,7 @@ from dreamrec.diffusion.schedules import BetaSchedule, make_beta_schedule
 
 PredictionType = Literal["x0", "epsilon"]
 Sampler = Literal["ddpm", "ddim", "onestep"]
+ReverseVariance = Literal["posterior", "beta"]
 
 
 def _gather(values: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +63,13 @@ class DiffusionScheduler:
         coef1 = beta_t sqrt(bar alpha_{t-1}) / (1 - bar alpha_t),
         coef2 = (1 - bar alpha_{t-1}) sqrt(alpha_t) / (1 - bar alpha_t),
         variance = beta_t (1 - bar alpha_{t-1}) / (1 - bar alpha_t).
+
+    ``variance`` picks the DDPM sampler's reverse variance ``sigma_t^2`` (Ho et al. 2020, Sec. 3.2):
+    ``"posterior"`` = the posterior variance above (``beta~_t``, the default), ``"beta"`` = ``beta_t``
+    itself (DDPM's "large" choice; the DiffuRec and DiffuRecSys code, ``diffurec.py``
+    ``p_mean_variance``: ``log(append(posterior_variance[1], betas[1:]))``, no noise at ``t = 0``).
+    With a respaced grid (fewer steps than ``T``) ``beta_t`` is that of the composite step.
+    DDIM and the one-step sampler ignore it.
     """
 
     def __init__(
@@ -75,7 +83,11 @@ class DiffusionScheduler:
         beta_min: float = 0.1,
         beta_max: float = 10.0,
         betas: torch.Tensor | None = None,
+        variance: ReverseVariance = "posterior",
     ):
+        if variance not in ("posterior", "beta"):
+            raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+        self.variance: ReverseVariance = variance
         if prediction_type not in ("x0", "epsilon"):
             raise ValueError(f"prediction_type must be 'x0' or 'epsilon', got {prediction_type!r}")
         if betas is None:
@@ -183,7 +195,10 @@ class DiffusionScheduler:
             beta_step = 1 - abar / abar_prev  # beta of the composite step t_prev -> t
             c_x0 = beta_step * abar_prev.sqrt() / (1 - abar)
             c_xt = (1 - abar_prev) * (1 - beta_step).sqrt() / (1 - abar)
-            sigma = (beta_step * (1 - abar_prev) / (1 - abar)).sqrt()
+            if self.variance == "beta":  # sigma_t^2 = beta_t, none at the last step (t = 0)
+                sigma = torch.cat([beta_step[:-1].sqrt(), torch.zeros(1, dtype=torch.float64)])
+            else:
+                sigma = (beta_step * (1 - abar_prev) / (1 - abar)).sqrt()
         # commit: the other sampler's coefficient is cleared (None) so a stale value cannot be read
         self.sampler: Sampler = sampler
         self.eta = eta

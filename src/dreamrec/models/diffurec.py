@@ -21,11 +21,22 @@ history, and recommendations round the reversed ``x_0`` to items by inner produc
   noise draws in one batch and averages the reversed ``x_0`` (= averaging the scores, which are
   linear in ``x_0``).
 
+**Faithful settings** (``configs/diffurec/<dataset>.yaml``): the authors' code (WHUIR/DiffuRec at
+``f6f70c9``) differs from the papers' text and from our cleaner defaults in details this model
+reproduces as options: ``official_padding`` (the padding row ``E[0]`` is a learned item embedding,
+``model.py:33``, that also receives ``lambda ⊙ (x_t + d_t)``; attention masks only padded queries,
+``diffurec.py:232-234``; the training softmax includes the padding column, ``model.py:75``),
+``block_dropout`` (``diffurec.py:255``), ``layer_norm_eps = 1e-12``, ``gelu = "tanh"``,
+``init = "xavier"`` (:mod:`dreamrec.nn.official_layers`) and ``reverse_variance = "beta"`` (the
+reverse step's variance is ``beta_t``, ``diffurec.py:476``). Their training loop (no gradient
+clipping, StepLR(100, 0.1), validation at epochs 21, 41, ..., the model of the last validation at which
+any of six metrics improved, patience 5 validations) is ``train.*`` settings. Their evaluation ranks
+the padding column too and averages per-batch means; ours never ranks padding and averages over users.
+
 The reverse process uses the project's samplers (``ddpm`` = Algorithm 2, ``ddim`` with
 ``sampler_steps`` and ``ddim_eta``, ``onestep``): the approximator predicts ``x_0``, so DDIM's
-update and respacing apply unchanged. Differences from the authors' code: the ``ddpm`` variance
-is the posterior variance ``beta~_t`` (theirs is ``beta_t``, DDPM's "large" choice), and
-attention masks padding keys (see :mod:`dreamrec.nn.approximators`).
+update and respacing apply unchanged. The default ``ddpm`` variance is the posterior variance
+``beta~_t`` (``reverse_variance = "beta"``: the authors' ``beta_t``, DDPM's "large" choice).
 
 The DiffuRecSys paper's three variants are configs: ``cross_attention = False, offset_noise = 0``
 (DiffuRec baseline), ``cross_attention = True`` (+ cross-attention), and both with
@@ -36,19 +47,22 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from dreamrec.data.batching import Batch
+from dreamrec.errors import ConfigError
 from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.diffusion.noise import OffsetMode, offset_noise
-from dreamrec.diffusion.scheduler import Sampler
+from dreamrec.diffusion.scheduler import ReverseVariance, Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
 from dreamrec.models.sasrec import softmax_cross_entropy
 from dreamrec.nn.approximators import DiffuRecApproximator
 from dreamrec.nn.dropout import Dropout
 from dreamrec.nn.encoders import item_table
+from dreamrec.nn.official_layers import GeluKind, InitKind
 
 
 class DiffuRecConfig(ModelConfig):
@@ -64,7 +78,16 @@ class DiffuRecConfig(ModelConfig):
     trim_padding: bool | Literal["auto"] = Field(
         "auto", description="run the approximator in length buckets without padding columns (exact): fewer "
         "FLOPs on short histories but about 4x the operator calls, so 'auto' trims on the CPU and not on a GPU")
+    # the authors' code (see the module docstring); the defaults are our cleaner choices
+    official_padding: bool = Field(False, description="learned padding row, attention masks padded queries only, "
+                                   "softmax over the padding column too (the authors' code)")
+    block_dropout: bool = Field(False, description="dropout on every block's output (the authors' code)")
+    layer_norm_eps: float = Field(1e-5, gt=0, description="LayerNorm eps (the authors': 1e-12)")
+    gelu: GeluKind = Field("exact", description="exact or tanh-approximate GELU (the authors': tanh)")
+    init: InitKind = Field("torch", description="xavier: Xavier-normal FFN and attention-output weights (the authors')")
     # diffusion
+    reverse_variance: ReverseVariance = Field(
+        "posterior", description="ddpm's sigma_t^2: posterior (beta~_t) or beta (beta_t, the authors' code)")
     timesteps: int = Field(32, ge=1, description="T, the number of diffusion steps")
     beta_schedule: BetaSchedule = "trunc_lin"
     rescale_timesteps: bool = Field(True, description="feed t * 1000 / T to the step embedding (authors' code)")
@@ -90,25 +113,42 @@ class DiffuRec(SequentialRecommender):
         assert isinstance(config, DiffuRecConfig)
         super().__init__(n_items, max_len, config)
         d = config.hidden
-        self.item_embedding = item_table(n_items, d, config.item_init_std)
+        if config.official_padding:  # a learned padding row like any item (the authors' model.py:33)
+            self.item_embedding = nn.Embedding(n_items + 1, d)
+            nn.init.normal_(self.item_embedding.weight, std=config.item_init_std)
+        else:
+            self.item_embedding = item_table(n_items, d, config.item_init_std)
         self.position_embedding = nn.Embedding(max_len, d) if config.position_embedding else None
         self.emb_dropout = Dropout(config.emb_dropout)
-        self.emb_norm = nn.LayerNorm(d)
-        self.approximator = DiffuRecApproximator(
-            d,
-            n_blocks=config.n_blocks,
-            n_heads=config.n_heads,
-            dropout=config.dropout,
-            delta=config.delta,
-            num_train_timesteps=config.timesteps,
-            rescale_timesteps=config.rescale_timesteps,
-            cross_attention=config.cross_attention,
-            trim_padding=config.trim_padding,
-        )
+        self.emb_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.approximator = self.build_approximator(config)
         self.scheduler = DiffusionScheduler(
-            num_train_timesteps=config.timesteps, beta_schedule=config.beta_schedule, prediction_type="x0"
+            num_train_timesteps=config.timesteps, beta_schedule=config.beta_schedule, prediction_type="x0",
+            variance=config.reverse_variance,
         )
         self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
+
+    def build_approximator(self, config: DiffuRecConfig) -> nn.Module:
+        """``f_theta(e, valid, x_t, t) -> x0_hat``."""
+        try:
+            return DiffuRecApproximator(
+                config.hidden,
+                n_blocks=config.n_blocks,
+                n_heads=config.n_heads,
+                dropout=config.dropout,
+                delta=config.delta,
+                num_train_timesteps=config.timesteps,
+                rescale_timesteps=config.rescale_timesteps,
+                cross_attention=config.cross_attention,
+                trim_padding=config.trim_padding,
+                official_padding=config.official_padding,
+                block_dropout=config.block_dropout,
+                layer_norm_eps=config.layer_norm_eps,
+                gelu=config.gelu,
+                init=config.init,
+            )
+        except ValueError as err:
+            raise ConfigError(f"model {self.name!r}: {err}") from None
 
     # -- the history ---------------------------------------------------------------------------
     def history_representation(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +173,8 @@ class DiffuRec(SequentialRecommender):
         t = self.scheduler.sample_timesteps(x0.shape[0], device=x0.device)
         x_t = self.scheduler.add_noise(x0, self.forward_noise(x0), t)  # Eq. 18-20
         x0_hat = self.approximator(e, valid, x_t, t)
+        if self.config.official_padding:  # the padding column is a class of the softmax (model.py:75)
+            return F.cross_entropy(x0_hat @ self.item_embedding.weight.T, batch.target)
         return softmax_cross_entropy(x0_hat, self.item_embedding.weight, batch.target)
 
     # -- reverse phase (Algorithm 2, Algorithm 3) -------------------------------------------------

@@ -14,6 +14,7 @@ from dreamrec.models.ddrm import DDRM
 from dreamrec.models.diffrec import DiffRec
 from dreamrec.models.diffrec2 import DiffRec2
 from dreamrec.models.diffurec import DiffuRec
+from dreamrec.models.diffurecsys import DiffuRecSys
 from dreamrec.models.dimerec import DimeRec
 from dreamrec.models.diqdiff import DiQDiff, DiQDiffAblation, ResHeadCEDiQDiff
 from dreamrec.models.dreamrec import DreamRec
@@ -25,8 +26,8 @@ from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
     cls.name: cls
-    for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, IDreamRec, DiffRec, DiQDiff, DimeRec,
-                DiffRec2, DDRM, DreamRecAblation, ResHeadCE, DiQDiffAblation, ResHeadCEDiQDiff)
+    for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, DiffuRecSys, IDreamRec, DiffRec, DiQDiff,
+                DimeRec, DiffRec2, DDRM, DreamRecAblation, ResHeadCE, DiQDiffAblation, ResHeadCEDiQDiff)
 }
 
 

@@ -20,13 +20,19 @@ batch runs in buckets of similar history length without their all-padding column
 (:func:`dreamrec.nn.encoders.by_length`). Both are exact.
 
 Attention is bidirectional over the real items (the target is not in the sequence, so nothing
-leaks); padding is never a key, and the diagonal is always allowed so an empty history (all
+leaks); by default padding is never a key, and the diagonal is always allowed so an empty history (all
 padding) gives finite states that depend only on ``x_t`` and ``t``.
 
-Deviations from the authors' code, on purpose: padding keys are masked (their mask only acts on
-padded queries), the blocks are chained (their DiffuRecSys loop feeds ``x`` to every block, so only
-the last block counts) and the cross-attention is the standard softmax attention of Eq. 16 (their
-code uses a linear "efficient attention" with feature-wise softmaxes).
+By default this deviates from the authors' code, on purpose: padding keys are masked (their mask
+only acts on padded queries), the blocks end without a dropout, LayerNorm has torch's ``eps``, GELU is
+exact and the weights have torch's initialisation; with ``cross_attention`` the blocks are chained
+(their DiffuRecSys loop feeds ``x`` to every block, so only the last block counts) and the
+cross-attention is the standard softmax attention of Eq. 16 (their code uses a linear "efficient
+attention"; :mod:`dreamrec.nn.diffurecsys` reproduces it). The authors' choices are options
+(``official_padding``, ``block_dropout``, ``layer_norm_eps``, ``gelu``, ``init``; see
+:mod:`dreamrec.nn.official_layers`): with all of them set the approximator computes
+``WHUIR/DiffuRec src/diffurec.py`` ``Diffu_xstart`` (lines 243-322). Trimming padding columns is
+exact only when padding is never a key, so it is refused with ``official_padding``.
 """
 from __future__ import annotations
 
@@ -38,6 +44,14 @@ from torch import nn
 from dreamrec import keyed_noise
 from dreamrec.nn.dropout import Dropout
 from dreamrec.nn.encoders import FeedForward, MultiHeadSelfAttention, TrimPadding, by_length, trims_on
+from dreamrec.nn.official_layers import (
+    GeluKind,
+    InitKind,
+    QueryMaskedSelfAttention,
+    official_init,
+    query_mask,
+    tanh_gelu,
+)
 
 
 def timestep_embedding(
@@ -98,24 +112,41 @@ class MultiHeadCrossAttention(nn.Module):
 
 
 class ApproximatorBlock(nn.Module):
-    """Pre-norm Transformer block; with ``cross_attention`` it starts with Eq. 16's cross-attention."""
+    """Pre-norm Transformer block; with ``cross_attention`` it starts with Eq. 16's cross-attention.
 
-    def __init__(self, hidden: int, n_heads: int, dropout: float, cross_attention: bool):
+    The authors' options: ``official_padding`` (attention masks padded queries only,
+    :class:`~dreamrec.nn.official_layers.QueryMaskedSelfAttention`; pass :func:`query_mask`),
+    ``block_dropout`` (the block's output goes through a last dropout, ``diffurec.py:255``),
+    ``layer_norm_eps``, ``gelu = "tanh"`` and ``init = "xavier"``."""
+
+    def __init__(
+        self, hidden: int, n_heads: int, dropout: float, cross_attention: bool, *, official_padding: bool = False,
+        block_dropout: bool = False, layer_norm_eps: float = 1e-5, gelu: GeluKind = "exact", init: InitKind = "torch",
+    ):
         super().__init__()
         self.cross = MultiHeadCrossAttention(hidden, n_heads, dropout) if cross_attention else None
-        self.norm_cross = nn.LayerNorm(hidden) if cross_attention else None
-        self.attn = MultiHeadSelfAttention(hidden, n_heads, dropout)
-        self.norm1 = nn.LayerNorm(hidden)
+        self.norm_cross = nn.LayerNorm(hidden, eps=layer_norm_eps) if cross_attention else None
+        attention = QueryMaskedSelfAttention if official_padding else MultiHeadSelfAttention
+        self.attn = attention(hidden, n_heads, dropout)
+        self.norm1 = nn.LayerNorm(hidden, eps=layer_norm_eps)
         self.ffn = FeedForward(hidden, 4 * hidden, dropout, "gelu")
-        self.norm2 = nn.LayerNorm(hidden)
+        if gelu == "tanh":
+            tanh_gelu(self.ffn)
+        self.norm2 = nn.LayerNorm(hidden, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)
+        self.out_dropout = Dropout(dropout) if block_dropout else None
+        if init == "xavier":
+            official_init(self.ffn, self.attn.out)
+
+    def _end(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.out_dropout is None else self.out_dropout(h)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         if self.cross is not None:
             assert query is not None and self.norm_cross is not None
             h = h + self.dropout(self.cross(query, self.norm_cross(h), mask))
         h = h + self.dropout(self.attn(self.norm1(h), mask))
-        return h + self.dropout(self.ffn(self.norm2(h)))
+        return self._end(h + self.dropout(self.ffn(self.norm2(h))))
 
     def forward_last(self, h: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         """``forward(h, mask, query)[:, -1]`` [B, d] for the last block, whose other positions are never read:
@@ -124,7 +155,7 @@ class ApproximatorBlock(nn.Module):
             assert query is not None and self.norm_cross is not None
             h = h + self.dropout(self.cross(query, self.norm_cross(h), mask))
         last = h[:, -1] + self.dropout(self.attn.forward_last(self.norm1(h), mask)[:, 0])
-        return last + self.dropout(self.ffn(self.norm2(last)))
+        return self._end(last + self.dropout(self.ffn(self.norm2(last))))
 
 
 class DiffuRecApproximator(nn.Module):
@@ -143,19 +174,35 @@ class DiffuRecApproximator(nn.Module):
         rescale_timesteps: bool = True,
         cross_attention: bool = False,
         trim_padding: TrimPadding = "auto",
+        official_padding: bool = False,
+        block_dropout: bool = False,
+        layer_norm_eps: float = 1e-5,
+        gelu: GeluKind = "exact",
+        init: InitKind = "torch",
     ):
         super().__init__()
+        if official_padding and trim_padding is True:
+            raise ValueError("trim_padding is not exact with official_padding (padding positions are keys, each "
+                             "with its own lambda draw): set trim_padding to false or 'auto'")
+        if official_padding and cross_attention:
+            raise ValueError("official_padding with cross_attention is not supported: the authors' cross-attention "
+                             "model is the separate 'diffurecsys' model")
         self.hidden = hidden
-        self.trim_padding = trim_padding
+        self.trim_padding: TrimPadding = False if official_padding else trim_padding
+        self.official_padding = official_padding
         self.delta = delta
         self.cross_attention = cross_attention
         self.t_scale = 1000.0 / num_train_timesteps if rescale_timesteps else 1.0
         self.time_mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
         self.blocks = nn.ModuleList(
-            ApproximatorBlock(hidden, n_heads, dropout, cross_attention) for _ in range(n_blocks)
+            ApproximatorBlock(
+                hidden, n_heads, dropout, cross_attention, official_padding=official_padding,
+                block_dropout=block_dropout, layer_norm_eps=layer_norm_eps, gelu=gelu, init=init,
+            )
+            for _ in range(n_blocks)
         )
         self.out_dropout = Dropout(dropout)
-        self.out_norm = nn.LayerNorm(hidden)
+        self.out_norm = nn.LayerNorm(hidden, eps=layer_norm_eps)
 
     def trims(self, device: torch.device) -> bool:
         """Whether :meth:`forward` runs length buckets on ``device``. ``"auto"``: on the CPU only. A Beauty
@@ -183,7 +230,7 @@ class DiffuRecApproximator(nn.Module):
     def _reconstruct(self, e: torch.Tensor, valid: torch.Tensor, lam: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
         """Eq. 14-16 on one batch: ``x0_hat`` [B, d] from ``e``, ``valid``, ``lambda`` [B, L, (d)] and ``x_t + d_t`` [B, d]."""
         guided = lam * h_t[:, None, :]  # lambda_i ⊙ (x_t + d_t)
-        mask = bidirectional_mask(valid)
+        mask = query_mask(valid) if self.official_padding else bidirectional_mask(valid)
         if self.cross_attention:  # Eq. 16: history states, steered by cross-attention
             h, query = e, guided
         else:  # Eq. 15: z_i = e_i + lambda_i ⊙ (x_t + d_t)

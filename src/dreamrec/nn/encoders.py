@@ -159,8 +159,12 @@ class MultiHeadSelfAttention(nn.Module):
         if self.training and self.attn_dropout > 0:
             # explicit softmax(QK^T / sqrt(d)) V so the attention dropout uses the fast mask
             logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-            return self.attn_drop(torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)) @ v
+            return self.attn_drop(torch.softmax(self._fill(logits, mask), dim=-1)) @ v
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def _fill(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The logits with the disallowed entries (``mask`` False) set to -inf."""
+        return logits.masked_fill(~mask, float("-inf"))
 
     def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The output at the last position only, ``[B, 1, D]``: the same as ``forward(x, mask)[:, -1:]``
@@ -180,7 +184,7 @@ class MultiHeadSelfAttention(nn.Module):
         w_v, b_v = w[2 * D :].view(H, hd, D), b[2 * D :].view(H, hd)
         q_x = torch.einsum("bhe,hed->bhd", q, w_k)  # W_k,h^T q_h in input space, [B, H, D]
         logits = (q_x @ x.transpose(1, 2) + (q * b_k).sum(-1, keepdim=True)) * hd**-0.5  # [B, H, L]
-        a = torch.softmax(logits.masked_fill(~mask[:, :, -1, :], float("-inf")), dim=-1)
+        a = torch.softmax(self._fill(logits, mask[:, :, -1, :]), dim=-1)
         if self.training and self.attn_dropout > 0:
             a = self.attn_drop(a)
         z = a @ x  # sum_j a_j x_j per head, [B, H, D]

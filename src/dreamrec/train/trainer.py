@@ -2,7 +2,9 @@
 
 ``train`` fits a :class:`~dreamrec.models.base.SequentialRecommender` on a
 :class:`~dreamrec.data.dataset.PreparedDataset`, selects the epoch with the best validation
-metric (early stopping with ``patience``), keeps its weights in ``<out_dir>/model.safetensors``
+metric (early stopping with ``patience``; or, with ``train.select = any_improved``, the last validation at
+which any of ``train.select_metrics`` improved, as the DiffuRec authors' loop), keeps its weights in
+``<out_dir>/model.safetensors``
 (with ``train.ema_decay``, an exponential moving average of the weights is what is validated,
 selected and kept; :mod:`dreamrec.train.ema`)
 and writes a resumable, pickle-free checkpoint after every epoch (``<out_dir>/checkpoint/``,
@@ -84,6 +86,32 @@ def metric_ks(val_metric: str) -> tuple[int, ...]:
     if not m:
         raise ConfigError(f"train.val_metric {val_metric!r}: expected HR@K, NDCG@K or MRR@K")
     return tuple(sorted(set(DEFAULT_KS) | {int(m.group(2))}))
+
+
+def validates(config: TrainConfig, epoch: int) -> bool:
+    """Whether (1-based) ``epoch`` is a scheduled validation: ``e > eval_offset`` and
+    ``(e - eval_offset) % eval_every == 0`` (the trainer validates the last epoch too)."""
+    return epoch > config.eval_offset and (epoch - config.eval_offset) % config.eval_every == 0
+
+
+def improves(config: TrainConfig, state: dict[str, Any], val: dict[str, float]) -> bool:
+    """Whether validation ``val`` becomes the selected one (updating ``state["metric_bests"]``).
+
+    ``select = "best"``: ``val_metric`` above the best so far. ``"any_improved"``: any of
+    ``select_metrics`` above its own best so far (each metric keeps its own running best, as the
+    DiffuRec code, trainer.py:128-134, which starts them at 0 and compares metrics rounded to 4
+    decimals of a percent; here they start at -inf and are not rounded)."""
+    if config.select == "best":
+        return state["best_value"] is None or val[config.val_metric] > state["best_value"]
+    bests = state.setdefault("metric_bests", {})
+    improved = False
+    for name in config.select_metrics:
+        if name not in val:
+            raise ConfigError(f"train.select_metrics: {name!r} is not a validation metric ({', '.join(val)})")
+        if val[name] > bests.get(name, float("-inf")):
+            bests[name] = val[name]
+            improved = True
+    return improved
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -231,7 +259,7 @@ def train(
         # TensorFloat-32 matrix products on the GPU (about 10 bits of mantissa: the usual training setting)
         torch.set_float32_matmul_precision("high")
     model.to(device)
-    ks = metric_ks(config.val_metric)
+    ks = tuple(sorted({k for m in [config.val_metric, *config.select_metrics] for k in metric_ks(m)}))
     width = config.max_len or dataset.max_len
     weights_path = out_dir / WEIGHTS_FILE
     log_path = out_dir / LOG_FILE
@@ -334,7 +362,7 @@ def train(
     out_of_time = False
     aborted = False  # an epoch left unfinished by the budget (its steps are dropped: the checkpoint is before it)
     while epoch < config.epochs and not state["stopped_early"] and not out_of_time:
-        will_validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        will_validate = validates(config, epoch + 1) or epoch + 1 == config.epochs
         if budget is not None and costs["train"] > 0 and distributed.any_rank(
             _clock() - started + costs["train"] + (costs["val"] if will_validate else 0.0) > budget, env
         ):
@@ -382,14 +410,14 @@ def train(
             budget is not None and _clock() - started + costs["val"] >= budget, env
         )
 
-        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
+        if validates(config, epoch) or epoch == config.epochs or out_of_time:
             t_val = _clock()
             val = validate()
             costs["val"] = max(costs["val"], _clock() - t_val)
             entry["val"] = val
             _check_health(entry, model, average, state, popularity, config.val_metric, say)
             current = val[config.val_metric]
-            if state["best_value"] is None or current > state["best_value"]:
+            if improves(config, state, val):
                 state.update(best_value=current, best_epoch=epoch, best_val=val)
                 entry["best"] = True
             state["bad_epochs"] = epoch - state["best_epoch"]
