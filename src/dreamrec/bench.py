@@ -26,6 +26,7 @@ from dreamrec.config import PrepareConfig, RunConfig, apply_overrides, build_run
 from dreamrec.data.dataset import PreparedDataset
 from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.report import command_line, machine
+from dreamrec.models.memory import check_model_memory
 from dreamrec.train.run import resolve, train_run
 
 
@@ -102,6 +103,12 @@ def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, out: Path,
             cfg = row_config(spec_path, row, overrides, seed)
             run_dir = out / "runs" / spec.name / row.name / f"seed{seed}"
             status: Literal["reuse", "resume", "train"] = "train"
+            if seed == seeds[0]:  # every row's config builds on this dataset (also for --dry-run)
+                check_model_memory(cfg.model, dataset.n_items, cfg.train.max_len or dataset.max_len, cfg.params,
+                                   copies=4, purpose="train", source=row.config)
+                if (cfg.train.max_len or 0) > dataset.max_len:
+                    raise ConfigError(f"row {row.name!r}: train.max_len={cfg.train.max_len} exceeds the table's window "
+                                      f"({dataset.max_len}); raise the spec's max_len")
             if (run_dir / "metrics.json").exists():
                 resolved, _ = resolve(cfg, dataset)
                 have = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -359,7 +359,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model)."),
     index: str = typer.Option("exact", help="Retrieval for query-based models: 'exact' or 'faiss'."),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per worker (default torch's choice)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per worker (default one, within the "
+                                          "worker's share of the cores: dreamrec.threads)."),
     max_body_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: inference sampler ddpm | ddim | onestep (default: the run's)."),
@@ -392,6 +393,7 @@ def serve(
     os.environ["DREAMREC_NEW_ITEM_OFFSET"] = "" if new_item_offset is None else repr(new_item_offset)
     if threads:
         os.environ["DREAMREC_THREADS"] = str(threads)
+    os.environ["DREAMREC_WORKERS"] = str(workers)
     if workers == 1:  # this process is the worker: load once (failing fast) and serve that app
         from dreamrec.serve.app import app_from_env
 

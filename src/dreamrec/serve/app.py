@@ -276,11 +276,10 @@ def app_from_env() -> FastAPI:
     ``set_sampler`` options, e.g. ``{"correction_scale": 8}``)."""
     import os
 
-    import torch
+    from dreamrec.threads import set_threads
 
-    threads = os.environ.get("DREAMREC_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    # DREAMREC_THREADS when given, else one thread per worker within its share of the cores (dreamrec.threads)
+    set_threads(None, "serve", processes=int(os.environ.get("DREAMREC_WORKERS", "1")))
     steps = os.environ.get("DREAMREC_STEPS")
     rec = Recommender.load(
         os.environ["DREAMREC_RUN_DIR"],
