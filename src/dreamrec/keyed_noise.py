@@ -1,6 +1,6 @@
 """Keyed Gaussian noise: inference draws that depend on a row's own key, never on its batch.
 
-Issue 31 ("a generated recommendation is a function of the request alone"): a diffusion model's
+A generated recommendation is a function of the request alone: a diffusion model's
 answer used to depend on where a history sat in a batch, because every row consumed torch's
 global generator in turn. Inside :func:`keyed_rows`, :func:`randn` / :func:`randn_like` instead
 return, for row ``r`` of the batch, call number ``c`` of the context and pair ``p`` of the row's elements,

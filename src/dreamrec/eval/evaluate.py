@@ -2,7 +2,7 @@
 
 Sampled (diffusion) models draw each row's noise from a key of (seed, the row's history, its
 intent) (:mod:`dreamrec.keyed_noise`), so a row's rank does not depend on the batch size or on its
-neighbours, and equals what ``Recommender`` answers for the same history (issue 31).
+neighbours, and equals what ``Recommender`` answers for the same history.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Models built from DreamRec's parts that are not DreamRec's method (issue 32: a paper's name runs
-only that paper's method).
+"""Models built from DreamRec's parts that are not DreamRec's method (a paper's name runs only that
+paper's method).
 
 * ``dreamrec-ablation`` (:class:`DreamRecAblation`): DreamRec plus every option the project's
   ablation studies tried (``experiments/dreamrec/NOTES.md``). With its defaults it is ``dreamrec``
@@ -347,7 +347,7 @@ class ResHeadCE(DreamRecAblation):
     ``s = correction_scale`` (1 in training, 8 at inference by default) and ``x_T ~ N(0, I)``; items are
     ranked by ``q E^T`` and training minimises ``-log softmax(q E^T)[target]`` over the whole catalog.
     It is built from DreamRec's code (``dreamrec-ablation`` with other defaults) and computes what the
-    Zhihu recipe computed under the name ``dreamrec`` before issue 32, but it is not a diffusion model:
+    Zhihu recipe computed under the name ``dreamrec`` in dreamrec 0.1 runs, but it is not a diffusion model:
 
     * no diffusion training: only ``t = T`` is used, where ``x_T = 0.08 e_n + 0.997 eps`` (``abar_T =
       0.0064``, linear schedule, ``T = 500``) is noise with a trace of the target; no x0 regression
@@ -367,7 +367,7 @@ class ResHeadCE(DreamRecAblation):
 
 
 def split_legacy_params(name: str, params: dict, paper_fields: set[str]) -> tuple[dict, str | None, list[str]]:
-    """Configs saved before issue 32 gave ``dreamrec`` (and ``diqdiff``) every option above. Returns the
+    """Configs saved by earlier versions gave ``dreamrec`` (and ``diqdiff``) every option above. Returns the
     params without the options that ``name`` no longer has and that keep the paper's value (a full dump
     of a paper run), the model to use instead when some option departs from the paper (else None) and
     those options."""

@@ -198,7 +198,7 @@ class IDreamRec(SequentialRecommender):
         emb = torch.zeros(len(intents), D, device=dev)
         texts = [str(t) for t, p in zip(intents, present) if p]
         if texts:
-            # request texts: the bounded in-memory cache only, never the disk (issue 31)
+            # request texts: the bounded in-memory cache only, never the disk
             e = torch.from_numpy(np.asarray(encode_request_texts(self.text_encoder, texts), dtype=np.float32))
             e = e.to(dev)
             emb[torch.tensor(present, device=dev)] = self.A(e)

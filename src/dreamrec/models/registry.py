@@ -40,7 +40,7 @@ def get_model_class(name: str) -> type[SequentialRecommender]:
 
 def model_config(name: str, params: dict[str, Any] | None = None) -> Any:
     """The typed config of model ``name`` from ``params``; a ConfigError names the bad key. A config saved
-    before issue 32 that gives ``dreamrec`` or ``diqdiff`` an option of a research variant names the variant."""
+    by an earlier version that gives ``dreamrec`` or ``diqdiff`` an option of a research variant names the variant."""
     cls = get_model_class(name)
     params = dict(params or {})
     if name in (DreamRec.name, DiQDiff.name):
@@ -49,7 +49,7 @@ def model_config(name: str, params: dict[str, Any] | None = None) -> Any:
             raise ConfigError(
                 f"model {name!r} runs the paper's method only; this config sets {', '.join(options)}, options of the "
                 f"research variant {variant!r} (see `dreamrec.models.dreamrec_variants`): set `model: {variant}` (for "
-                f"a run saved before issue 32, in its config.yaml; the weights load unchanged)")
+                f"a run saved by an earlier version, in its config.yaml; the weights load unchanged)")
     try:
         return cls.Config(**params)
     except ValidationError as e:

@@ -76,7 +76,7 @@ def sample_lambda(shape: torch.Size | tuple[int, ...], delta: float, *, device: 
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``lambda ~ N(delta, delta^2)``: mean ``delta`` and standard deviation ``delta`` (DiffuRec Eq. 15;
     DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"). Global generator, or
-    per-row keyed noise inside :func:`dreamrec.keyed_noise.keyed_rows` (issue 31)."""
+    per-row keyed noise inside :func:`dreamrec.keyed_noise.keyed_rows`."""
     return delta + delta * keyed_noise.randn(shape, device=device, dtype=dtype)
 
 

@@ -2,7 +2,7 @@
 
 With one process, each :class:`ServerMetrics` keeps its series in its own registry. With several
 worker processes (``dreamrec serve --workers N``) every worker only sees its own requests, so a
-scrape answered by one worker would show that worker's share (issue 31). There the supervisor sets
+scrape answered by one worker would show that worker's share. There the supervisor sets
 ``PROMETHEUS_MULTIPROC_DIR`` to a fresh folder before any worker starts; prometheus-client's
 multiprocess mode then has every worker write its values to memory-mapped files in that folder,
 and ``/metrics`` aggregates the files of all workers (``MultiProcessCollector``: counters and

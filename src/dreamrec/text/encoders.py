@@ -13,7 +13,7 @@
   in-memory LRU (``memory_size`` texts) in front of it. Request texts (intents sent to
   ``Recommender``/HTTP/CLI) go through :meth:`CachedTextEncoder.encode_transient` (via
   :func:`encode_request_texts`): they are read from the disk cache when present but never written,
-  so anonymous requests cannot grow the disk (issue 31).
+  so anonymous requests cannot grow the disk.
 
 Any Python string is accepted, even one with lone surrogates (valid JSON ``"\ud800"``, not
 encodable as UTF-8): the cache key hashes it with ``surrogatepass`` (distinct strings, distinct
