@@ -28,7 +28,7 @@ from dreamrec.train.run import load_run, train_run
 # every model whose inference draws noise, small; stochastic samplers (ddpm) where there is a choice
 SAMPLED = {
     "dreamrec": {"hidden": 16, "timesteps": 20, "sampler": "ddpm"},
-    "dreamrec-draws": {"hidden": 16, "timesteps": 20, "draws": 3, "ce_weight": 1.0},
+    "dreamrec-ablation": {"hidden": 16, "timesteps": 20, "draws": 3, "ce_weight": 1.0},  # a K-draw mixture
     "diffurec": {"hidden": 8, "n_blocks": 1, "n_heads": 2, "timesteps": 8, "n_seeds": 2},
     "ddrm": {"hidden": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "timesteps": 4},
     "diffrec": {"dims": [16], "time_dim": 4, "timesteps": 3, "inference_noise_steps": 2},
@@ -87,7 +87,7 @@ def test_keyed_noise_is_per_row_gaussian_and_ignores_padding_width():
 def test_evaluate_ranks_do_not_depend_on_batch_composition(name, small_synthetic):
     ds = small_synthetic.dataset
     torch.manual_seed(0)
-    model = build_model(name.split("-")[0], ds.n_items, ds.max_len, SAMPLED[name])
+    model = build_model(name, ds.n_items, ds.max_len, SAMPLED[name])
     model.fit_statistics(ds)
     rows = _rows(ds.test, np.arange(60))
     intents = [INTENTS[i % len(INTENTS)] for i in range(60)] if name == "idreamrec" else None
