@@ -50,14 +50,14 @@ Reference numbers from elsewhere (not measured by these scripts), for comparison
 # how each data set's DiffuRec sweep runs were trained (file stems start with the data set)
 DIFFUREC_SWEEP_RUNS = {
     "zhihu": "The runs were trained on the CPU with a short budget (session 3: DiffuRec 12 epochs, DiffuRecSys 6, "
-             "then stopped; `experiments/gpu/NOTES.md`)",
+             "then stopped; `benchmarks/experiments/gpu/NOTES.md`)",
     "beauty": "The runs were trained on the CPU with a 115-minute budget (session 5: DiffuRec 41 epochs, DiffuRecSys "
-              "+ cross-attention + offset 30, both still improving; `experiments/diffurec/NOTES.md`)",
+              "+ cross-attention + offset 30, both still improving; `benchmarks/experiments/diffurec/NOTES.md`)",
     "ml-1m": "The run is DiffuRec seed 0 of session 6, trained on a shared H100 (bf16) for 6 epochs within a "
              "20-minute budget and still improving; the table's 3-seed row was trained in session 19 with an "
              "11-minute budget (8 epochs beside 8 other jobs; seed 0: test HR@20 21.85 %). Its weights were swept "
              "here on the CPU in float32, "
-             "where DDPM-32 gives test HR@20 25.93 % against 25.96 % on the GPU (`experiments/diffurec/NOTES.md`)",
+             "where DDPM-32 gives test HR@20 25.93 % against 25.96 % on the GPU (`benchmarks/experiments/diffurec/NOTES.md`)",
 }
 
 
@@ -81,7 +81,7 @@ def dreamrec_section(results: Path = RESULTS) -> str:
                   f"T={sel['T']}, w={sel['w']:g} ({rec['selection']}). Command: `{rec['command']}` ({rec['date']}). "
                   "Its 5-seed test result is the `paper-T…-w…` row of the Zhihu table below. Every T picked its first "
                   "validation (epoch 5) and stays below popularity (validation HR@20 1.91 %); most of its test hits "
-                  "are on items never seen in training (experiments/dreamrec/NOTES.md, \"cold items\").", "",
+                  "are on items never seen in training (benchmarks/experiments/dreamrec/NOTES.md, \"cold items\").", "",
                   "| T \\ w | " + " | ".join(f"{w:g}" for w in ws) + " |", "|---|" + "---|" * len(ws)]
         for T in Ts:
             cells = [f"{100 * val[(T, w)]:.2f}" if (T, w) in val else "" for w in ws]
@@ -130,7 +130,7 @@ IDREAMREC_RUNS = {
     "ml-1m-cpu-e1-len10": "one epoch on the CPU, session 4",
     "ml-1m-gpu-6min": "on an H100 shared by 16 jobs, session 6: 9-10 epochs per model, each stopped by the "
                       "6-minute budget while validation HR@20 still rose by about 0.3 point per epoch; "
-                      "logs quoted in experiments/gpu/NOTES.md",
+                      "logs quoted in benchmarks/experiments/gpu/NOTES.md",
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +12,7 @@ from dreamrec.train.run import train_run
 
 # DreamRec's method (Algorithms 1-2, DDPM over all T steps, w = 2) with a short chain, T = 100, and the mlp2 denoiser.
 # On this data its joint x0 loss collapses the item table within a few epochs and the row stays below popularity
-# (experiments/dreamrec/NOTES.md): the demo shows the paper's method as it is.
+# (benchmarks/experiments/dreamrec/NOTES.md): the demo shows the paper's method as it is.
 _DREAMREC: dict[str, Any] = {"hidden": 64, "timesteps": 100, "denoiser": "mlp2"}
 # dreamrec-ablation: a stop-gradient x0 target and training at t = T for the one-step sampler stop the collapse
 _ABLATION: dict[str, Any] = {**_DREAMREC, "sampler": "onestep", "guidance_w": 0.0, "target_grad": False,
@@ -39,6 +40,9 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
         "item_init_std": 0.1,
         "emb_dropout": 0.1,
     },
+    # the DiffuRecSys code's network at the demo's size, as diffurec's
+    "diffurecsys": {"hidden": 32, "n_blocks": 1, "n_heads": 1, "timesteps": 4, "sampler": "ddim", "sampler_steps": 2,
+                    "item_init_std": 0.1, "emb_dropout": 0.1},
     # T-DiffRec: recency weights and a plain MSE learn the planted topics faster than the paper's SNR weights
     "diffrec": {"dims": [200], "time_weights": [0.1, 1.0], "reweight": False, "dropout": 0.2},
     "dreamrec": _DREAMREC,
@@ -55,6 +59,16 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
     # ten DDIM steps instead of the paper's DDPM over T = 100 keep validation cheap
     "dimerec": {"sampler": "ddim", "sampler_steps": 10},
 }
+
+
+def _short_warnings(found: list[str]) -> str:
+    """The health checks' warnings of a run (dreamrec.train.health) as a few words for the table."""
+    words = []
+    if any("collapsed" in w for w in found):
+        words.append("item table collapsed")
+    if any("popularity" in w for w in found):
+        words.append("not above popularity")
+    return "; ".join(words)
 
 
 def run_demo(out: Path, *, epochs: int = 30, seed: int = 0, log: Callable[[str], None] = print) -> str:
@@ -74,20 +88,23 @@ def run_demo(out: Path, *, epochs: int = 30, seed: int = 0, log: Callable[[str],
         )
         t = time.time()
         log(f"training {name} ...")
-        m = train_run(cfg, data_dir, Path(out) / name, progress=False, log=None, dataset=ds)
-        results.append((name, m["test"], time.time() - t))
+        with warnings.catch_warnings():  # the run's warnings go into the table, not to stderr
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m = train_run(cfg, data_dir, Path(out) / name, progress=False, log=None, dataset=ds)
+        results.append((name, m["test"], time.time() - t, _short_warnings(m.get("warnings", []))))
     bound = bayes_optimal(data, split="test")
     lines = [
         f"dreamrec demo: synthetic data ({ds.n_items} items, {len(ds.test)} test rows, protocol {ds.protocol}), "
         f"test split, full ranking",
         "",
-        f"| {'model':<18} | {'HR@10':>7} | {'HR@20':>7} | {'NDCG@20':>7} | {'seconds':>7} |",
-        f"|{'-' * 20}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|",
+        f"| {'model':<18} | {'HR@10':>7} | {'HR@20':>7} | {'NDCG@20':>7} | {'seconds':>7} | training's warnings |",
+        f"|{'-' * 20}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|---|",
     ]
-    for name, m, sec in results:
-        lines.append(f"| {name:<18} | {m['HR@10']:7.4f} | {m['HR@20']:7.4f} | {m['NDCG@20']:7.4f} | {sec:7.1f} |")
+    for name, m, sec, warned in results:
+        lines.append(f"| {name:<18} | {m['HR@10']:7.4f} | {m['HR@20']:7.4f} | {m['NDCG@20']:7.4f} | {sec:7.1f} | "
+                     f"{warned} |")
     lines.append(
-        f"| {'Bayes-optimal':<18} | {bound['HR@10']:7.4f} | {bound['HR@20']:7.4f} | {bound['NDCG@20']:7.4f} | {'':>7} |"
+        f"| {'Bayes-optimal':<18} | {bound['HR@10']:7.4f} | {bound['HR@20']:7.4f} | {bound['NDCG@20']:7.4f} | {'':>7} | |"
     )
     lines.append("")
     lines.append(f"(Bayes-optimal: the expected metric of the true next-item distribution; total {time.time() - t0:.0f} s)")

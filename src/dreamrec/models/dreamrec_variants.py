@@ -2,7 +2,7 @@
 paper's method).
 
 * ``dreamrec-ablation`` (:class:`DreamRecAblation`): DreamRec plus every option the project's
-  ablation studies tried (``experiments/dreamrec/NOTES.md``). With its defaults it is ``dreamrec``
+  ablation studies tried (``benchmarks/experiments/dreamrec/NOTES.md``). With its defaults it is ``dreamrec``
   exactly (same parameters, same random draws, same numbers); each option below removes or replaces a
   part of the paper's method, and a run that sets one is not DreamRec.
 * ``reshead-ce`` (:class:`ResHeadCE`): the recipe that beats SASRec-CE on Zhihu with the new-item policy
