@@ -15,6 +15,7 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.dimerec import DimeRec, sampled_softmax_ce, sphere_exp, tangent_noise
+from torch import nn
 
 SMALL = {"hidden": 4, "n_interests": 2, "timesteps": 10, "gem_width": 6}
 
@@ -100,14 +101,82 @@ def test_loss_eq23_by_hand() -> None:
     g_u = g[torch.arange(3), (g * e_a[:, None]).sum(-1).argmax(1)]
     l_gem = F.cross_entropy(g_u @ E[1:].T, batch.target - 1)
     x0 = e_a / e_a.norm(dim=1, keepdim=True)
-    v = model.scheduler.sqrt_one_minus_alphas_cumprod[t, None] * (eps - (eps * x0).sum(1, keepdim=True) * x0)
-    n = v.norm(dim=1, keepdim=True)
-    x_t = torch.cos(n) * x0 + torch.sin(n) * v / n
+    # x_t = exp_{x0}[arccos(sqrt(abar_t)) u] = sqrt(abar_t) x0 + sqrt(1 - abar_t) u, u the unit tangent noise
+    v = eps - (eps * x0).sum(1, keepdim=True) * x0
+    abar = model.scheduler.alphas_cumprod[t, None]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * v / v.norm(dim=1, keepdim=True)
     f = model.denoiser(x_t, t, g.flatten(1))
     x0_hat = f / f.norm(dim=1, keepdim=True)
     l_recon = ((x0 - x0_hat) ** 2).sum(1).mean()
     l_ssm = F.cross_entropy(x0_hat @ E[1:].T, batch.target - 1)
     assert loss.item() == pytest.approx((l_gem + 0.3 * l_recon + 2.0 * l_ssm).item(), rel=1e-5)
+
+
+def _forward_inputs(model: DimeRec, batch: Batch, t: int) -> torch.Tensor:
+    """The ``x_t`` that ``model.loss`` feeds its denoiser when every row draws step index ``t``."""
+    seen: list[torch.Tensor] = []
+    hook = model.denoiser.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.scheduler.sample_timesteps = lambda n, device=None: torch.full((n,), t, dtype=torch.long, device=device)
+    try:
+        model.loss(batch)
+    finally:
+        hook.remove()
+        del model.scheduler.sample_timesteps
+    return seen[0]
+
+
+def test_forward_moves_monotonically_from_the_target_issue_33() -> None:
+    """At the defaults (d = 64, T = 100) x_t leaves e'_a monotonically and never passes pi / 2:
+    cos(x_t, e'_a) = sqrt(abar_t) for every row. The old process scaled a tangent Gaussian of norm ~ sqrt(d)
+    by sqrt(1 - abar_t): its angle passed 2 pi, cos(x_t, x0) was ~ -0.96 at t = 40 and ~ 0.86 again at t = T."""
+    torch.manual_seed(0)
+    model = build_model("dimerec", 300, 4, {"dropout": 0.0}).train()
+    batch = Batch(history=torch.randint(1, 301, (256, 4)), target=torch.arange(1, 257))
+    x0 = F.normalize(model.item_embedding.weight[batch.target], dim=1).detach()
+    abar = model.scheduler.alphas_cumprod
+    steps = list(range(0, 100, 3)) + [99]
+    x_ts = {t: _forward_inputs(model, batch, t) for t in steps}
+    cos = {t: (x_t * x0).sum(1) for t, x_t in x_ts.items()}
+    means = [cos[t].mean().item() for t in steps]
+    assert all(b <= a + 1e-6 for a, b in zip(means, means[1:])), means  # monotone in t
+    assert min(c.min().item() for c in cos.values()) > 0.5  # never past pi / 2 (abar_T = 0.36 by default)
+    for t in steps:
+        assert torch.allclose(x_ts[t].norm(dim=1), torch.ones(256), atol=1e-5)
+        assert torch.allclose(cos[t], abar[t].sqrt().expand(256), atol=1e-4), t  # the angle is arccos(sqrt(abar_t))
+
+
+class _Perfect(nn.Module):
+    """A denoiser that always predicts ``x0`` and records the ``x_t`` it is given."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.x0, self.seen = x0, []
+
+    def project_condition(self, c: torch.Tensor) -> torch.Tensor:
+        return c
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, c_proj: torch.Tensor) -> torch.Tensor:
+        self.seen.append((int(t[0]), x_t))
+        return self.x0
+
+
+def test_reverse_noise_matches_the_forward_issue_33() -> None:
+    """Reversing with a perfect predictor: each update is mapped back onto the sphere and ends at x0, and the
+    x_t the denoiser sees over the last 20 steps sit at the forward's cos(x_t, x0) = sqrt(abar_t). The old
+    per-coordinate eps' ~ N(0, I_d) added noise of norm sigma_t sqrt(d) (up to 1.1) to a unit vector: there
+    cos(x_20, x0) was ~ 0.44 against the forward's 0.98."""
+    torch.manual_seed(0)
+    model = build_model("dimerec", 20, 4, {}).eval()
+    x0 = F.normalize(torch.randn(256, 64), dim=1)
+    model.denoiser = _Perfect(x0)
+    torch.manual_seed(1)
+    out = model.generate(torch.randint(1, 21, (256, 4)))
+    assert torch.allclose(out, x0, atol=1e-5)
+    abar = model.scheduler.alphas_cumprod
+    for t, x_t in model.denoiser.seen:
+        assert torch.allclose(x_t.norm(dim=1), torch.ones(256), atol=1e-5)
+        if t < 20:
+            assert abs((x_t * x0).sum(1).mean().item() - abar[t].sqrt().item()) < 0.02, t
 
 
 def test_reverse_stays_on_the_sphere_and_returns_a_perfect_prediction() -> None:
