@@ -3,21 +3,24 @@
     python benchmarks/dimerec_geodesic.py [--d 64] [--T 100] [--n 500] [--seed 0] [--out benchmarks/results/dimerec]
 
 Forward (Algorithm 1, line 10), ``cos(x_t, x0)`` against ``t`` for ``n`` random unit ``x0`` and the same
-Gaussian ``eps`` under both processes:
+Gaussian ``eps`` under each process (``eps_tan`` its tangent part at ``x0``, of norm ``~ sqrt(d - 1)``):
 
-* old: ``x_t = exp_{x0}[sqrt(1 - abar_t) eps_tan]``, ``eps_tan`` the tangent part of ``eps ~ N(0, I_d)``
-  (norm about ``sqrt(d - 1)``), so the geodesic angle ``sqrt(1 - abar_t) |eps_tan|`` runs past ``pi``;
-* new: ``x_t = exp_{x0}[theta_t eps_tan / |eps_tan|]`` with ``theta_t = arccos(sqrt(abar_t))``
-  (:func:`dreamrec.models.dimerec.q_sample_sphere`).
+* old: ``x_t = exp_{x0}[sqrt(1 - abar_t) eps_tan]``: the geodesic angle ``sqrt(1 - abar_t) |eps_tan|`` runs past
+  ``pi`` and ``x_t`` wraps back onto ``x0``;
+* new (the model since issue 33, :func:`dreamrec.models.dimerec.q_sample_sphere`):
+  ``x_t = exp_{x0}[theta_t eps_tan / |eps_tan|]``, ``theta_t = arctan(sqrt((1 - abar_t) / abar_t) |eps_tan|)``,
+  i.e. ``L2-Norm(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps_tan)``;
+* unit (issue 33's first proposal, tried and not adopted): ``theta_t = arccos(sqrt(abar_t))`` on the unit
+  direction ``eps_tan / |eps_tan|``, i.e. ``sqrt(abar_t) x0 + sqrt(1 - abar_t) eps_tan / |eps_tan|``.
 
 Reverse (Algorithm 2, line 6) with a perfect predictor ``x0_hat = x0`` (the best any denoiser can do), DDPM over
 all ``T`` steps from ``x_T`` uniform on the sphere, ``x_{t-1} = L2-Norm(mu~_t(x_t, x0_hat) + sigma_t eps')``:
-the norm of the update before ``L2-Norm``, of the noise term alone, and ``cos(x_{t-1}, x0)`` along the way, set
+the norm of the update before ``L2-Norm``, of the noise term alone, and ``cos(x_{t-1}, x0)`` along the way, to set
 against the forward's ``cos(x_{t-1}, x0)``: the denoiser only ever saw the forward's ``x_t``, so a reverse pass
 whose ``x_t`` do not look like them feeds it inputs it was not trained on.
 
-* old: ``eps' ~ N(0, I_d)`` (norm ``sigma_t sqrt(d)`` added to a unit vector);
-* new: ``eps' ~ N(0, I_d / d)`` (``E |eps'|^2 = 1``, the forward's unit tangent noise).
+* per_coordinate (Algorithm 2, the model before and after issue 33): ``eps' ~ N(0, I_d)``, norm ``sigma_t sqrt(d)``;
+* unit (paired with the ``unit`` forward, not adopted): ``eps' ~ N(0, I_d / d)``, ``E |eps'|^2 = 1``.
 
 Writes ``geodesic.json`` and ``geodesic.png`` to ``--out``. CPU, seconds.
 """
@@ -32,12 +35,18 @@ import torch
 import torch.nn.functional as F
 
 from dreamrec.diffusion import DiffusionScheduler
-from dreamrec.models.dimerec import geodesic_angle, q_sample_sphere, sphere_exp, tangent_noise
+from dreamrec.models.dimerec import q_sample_sphere, sphere_exp, tangent_noise
 
 
 def old_forward(x0: torch.Tensor, abar_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """The forward process before the fix: tangent Gaussian of norm ~ sqrt(d - 1) scaled by sqrt(1 - abar_t)."""
     return sphere_exp(x0, (1 - abar_t).sqrt() * tangent_noise(x0, eps))
+
+
+def unit_forward(x0: torch.Tensor, abar_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Issue 33's first proposal: angle arccos(sqrt(abar_t)) on the unit tangent direction."""
+    v = tangent_noise(x0, eps)
+    return sphere_exp(x0, torch.arccos(abar_t.sqrt()) * v / v.norm(dim=-1, keepdim=True))
 
 
 def summary(v: torch.Tensor) -> dict[str, float]:
@@ -46,18 +55,18 @@ def summary(v: torch.Tensor) -> dict[str, float]:
 
 
 def forward(sched: DiffusionScheduler, x0: torch.Tensor, seed: int) -> dict[str, list]:
-    out: dict[str, list] = {"t": [], "old": [], "new": [], "old_angle": [], "new_angle": []}
+    out: dict[str, list] = {"t": [], "old": [], "new": [], "unit": [], "old_angle": [], "new_angle": []}
     T = sched.num_train_timesteps
     gen = torch.Generator().manual_seed(seed + 1)  # x0 is drawn from seed: eps must not repeat it
     for t in range(T):  # index t is the paper's step t + 1
         eps = torch.randn(x0.shape, generator=gen)
         abar = sched.alphas_cumprod[t].expand(x0.shape[0], 1)
-        for name, fn in (("old", old_forward), ("new", q_sample_sphere)):
-            cos = (fn(x0, abar, eps) * x0).sum(-1).clamp(-1, 1)
+        for name, fn in (("old", old_forward), ("new", q_sample_sphere), ("unit", unit_forward)):
+            x_t = fn(x0, abar, eps)
+            cos = (x_t * x0).sum(-1).clamp(-1, 1)
             out[name].append(summary(cos))
-        v = tangent_noise(x0, eps)
-        out["old_angle"].append(summary((1 - abar).sqrt().squeeze(1) * v.norm(dim=-1)))
-        out["new_angle"].append(geodesic_angle(sched.alphas_cumprod[t]).item())
+            if name != "unit":
+                out[f"{name}_angle"].append(summary(torch.arccos(cos)))  # the geodesic distance, in [0, pi]
         out["t"].append(t + 1)
     return out
 
@@ -89,17 +98,18 @@ def plot(result: dict, path: Path) -> None:
     fw, rv = result["forward"], result["reverse"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
-    for name, colour in (("old", "tab:red"), ("new", "tab:blue")):
+    for name, colour in (("old", "tab:red"), ("new", "tab:blue"), ("unit", "tab:green")):
         ax.plot(fw["t"], [s["mean"] for s in fw[name]], color=colour, label=f"{name} forward (mean)")
         ax.fill_between(fw["t"], [s["q05"] for s in fw[name]], [s["q95"] for s in fw[name]], color=colour, alpha=0.2)
     ax.set(xlabel="t", ylabel="cos(x_t, x0)", title=f"forward, d={result['d']}, T={result['T']} (5-95 %)")
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend()
     ax = axes[1]
-    for name, colour in (("old", "tab:red"), ("new", "tab:blue")):
+    for name, colour in (("per_coordinate", "tab:blue"), ("unit", "tab:green")):
         r = rv[name]
         ax.plot([t - 1 for t in r["t"]], [s["mean"] for s in r["cos_prev"]], color=colour,
-                label=f"{name} reverse, x0_hat = x0")
+                label=f"reverse eps' {name}, x0_hat = x0")
+    for name, colour in (("old", "tab:red"), ("new", "tab:blue"), ("unit", "tab:green")):
         ax.plot(fw["t"], [s["mean"] for s in fw[name]], color=colour, ls=":", label=f"{name} forward")
     ax.set(xlabel="t", ylabel="cos(x_t, x0)", title="reverse (DDPM, perfect predictor) vs forward")
     ax.axhline(0, color="grey", lw=0.5)
@@ -124,19 +134,20 @@ def main() -> None:
     result = {
         "d": args.d, "T": args.T, "n": args.n, "seed": args.seed, "schedule": "linear 1e-4..0.02 (DimeRec defaults)",
         "forward": forward(sched, x0, args.seed),
-        "reverse": {"old": reverse(sched, x0, args.seed, 1.0),
-                    "new": reverse(sched, x0, args.seed, 1 / math.sqrt(args.d))},
+        "reverse": {"per_coordinate": reverse(sched, x0, args.seed, 1.0),
+                    "unit": reverse(sched, x0, args.seed, 1 / math.sqrt(args.d))},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "geodesic.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "geodesic.png")
     fw = result["forward"]
-    print("t     old cos  new cos  | reverse cos(x_t, x0): old  new")
+    print("t     forward cos(x_t, x0): old    new   unit | reverse: per_coordinate  unit")
     rev = {k: {t: s["mean"] for t, s in zip(v["t"], v["cos_prev"])} for k, v in result["reverse"].items()}
     for t in (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100):
         i = t - 1
-        r_old, r_new = rev["old"].get(t + 1, float("nan")), rev["new"].get(t + 1, float("nan"))
-        print(f"{t:3d}  {fw['old'][i]['mean']:+.3f}   {fw['new'][i]['mean']:+.3f}   |  {r_old:+.3f}  {r_new:+.3f}")
+        r_pc, r_unit = rev["per_coordinate"].get(t + 1, float("nan")), rev["unit"].get(t + 1, float("nan"))
+        print(f"{t:3d}  {fw['old'][i]['mean']:+.3f}  {fw['new'][i]['mean']:+.3f}  {fw['unit'][i]['mean']:+.3f} |"
+              f"  {r_pc:+.3f}  {r_unit:+.3f}")
     for k, v in result["reverse"].items():
         update = sorted(s["median"] for s in v["update_norm"])
         noise = [s["median"] for s in v["noise_norm"]]
