@@ -229,7 +229,7 @@ def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) 
 # 10 topics of 10 items with flat popularity: popularity's HR@20 is ~0.4, the Bayes bound ~0.9.
 def test_planted_pattern(tmp_path: Path) -> None:
     """The defaults (model GEM, 128 sampled negatives, DDPM over T = 100). Measured (8 epochs, one thread, seed 0):
-    HR@20 0.663 against popularity 0.405 and SASRec-CE 0.893 (``planted_hr20("sasrec", {"loss": "ce"})``).
+    HR@20 0.662 against popularity 0.405 and SASRec-CE 0.893 (``planted_hr20("sasrec", {"loss": "ce"})``).
     Issue 33 asked for 80 % of SASRec-CE (0.715); DimeRec does not reach it here, nor did it before the fix
     (0.703, with the wrapping forward) or with issue 33's first proposal (arccos(sqrt(abar_t)) angle, 0.52).
     With 8 epochs the sphere DAM learns a query from the GEM's interests and a reverse chain of 100 noisy steps;
