@@ -15,6 +15,7 @@ from dreamrec.diffusion import DiffusionScheduler, sample
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.dimerec import DimeRec, sampled_softmax_ce, sphere_exp, tangent_noise
+from torch import nn
 
 SMALL = {"hidden": 4, "n_interests": 2, "timesteps": 10, "gem_width": 6}
 
@@ -100,14 +101,92 @@ def test_loss_eq23_by_hand() -> None:
     g_u = g[torch.arange(3), (g * e_a[:, None]).sum(-1).argmax(1)]
     l_gem = F.cross_entropy(g_u @ E[1:].T, batch.target - 1)
     x0 = e_a / e_a.norm(dim=1, keepdim=True)
-    v = model.scheduler.sqrt_one_minus_alphas_cumprod[t, None] * (eps - (eps * x0).sum(1, keepdim=True) * x0)
-    n = v.norm(dim=1, keepdim=True)
-    x_t = torch.cos(n) * x0 + torch.sin(n) * v / n
+    # x_t = exp_{x0}[arctan(sqrt((1 - abar_t) / abar_t) |v|) v / |v|] = L2-Norm(sqrt(abar_t) x0 + sqrt(1 - abar_t) v)
+    v = eps - (eps * x0).sum(1, keepdim=True) * x0
+    abar = model.scheduler.alphas_cumprod[t, None]
+    y = abar.sqrt() * x0 + (1 - abar).sqrt() * v
+    x_t = y / y.norm(dim=1, keepdim=True)
     f = model.denoiser(x_t, t, g.flatten(1))
     x0_hat = f / f.norm(dim=1, keepdim=True)
     l_recon = ((x0 - x0_hat) ** 2).sum(1).mean()
     l_ssm = F.cross_entropy(x0_hat @ E[1:].T, batch.target - 1)
     assert loss.item() == pytest.approx((l_gem + 0.3 * l_recon + 2.0 * l_ssm).item(), rel=1e-5)
+
+
+def _forward_inputs(model: DimeRec, batch: Batch, t: int) -> torch.Tensor:
+    """The ``x_t`` that ``model.loss`` feeds its denoiser when every row draws step index ``t``."""
+    seen: list[torch.Tensor] = []
+    hook = model.denoiser.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.scheduler.sample_timesteps = lambda n, device=None: torch.full((n,), t, dtype=torch.long, device=device)
+    try:
+        model.loss(batch)
+    finally:
+        hook.remove()
+        del model.scheduler.sample_timesteps
+    return seen[0]
+
+
+def _forward_cos(model: DimeRec, t: int, n: int = 256) -> torch.Tensor:
+    """cos(x_t, e'_a) [n] for the x_t of ``model.loss`` at step index ``t``."""
+    batch = Batch(history=torch.randint(1, model.n_items + 1, (n, 4)), target=torch.randint(1, model.n_items + 1, (n,)))
+    x0 = F.normalize(model.item_embedding.weight[batch.target], dim=1).detach()
+    x_t = _forward_inputs(model, batch, t)
+    assert torch.allclose(x_t.norm(dim=1), torch.ones(n), atol=1e-5)
+    return (x_t * x0).sum(1)
+
+
+def test_forward_moves_monotonically_from_the_target_issue_33() -> None:
+    """At the defaults (d = 64, T = 100) x_t leaves e'_a monotonically, never reaches pi / 2 and ends near a
+    uniform direction: cos(x_t, e'_a) ~ sqrt(abar_t) / sqrt(abar_t + (1 - abar_t)(d - 1)). The old process
+    scaled the tangent Gaussian (norm ~ sqrt(d)) by sqrt(1 - abar_t) inside exp: its angle passed 2 pi and
+    cos(x_t, x0) was ~ -0.96 at t = 40 and ~ 0.86 again at t = T."""
+    torch.manual_seed(0)
+    model = build_model("dimerec", 300, 4, {"dropout": 0.0}).train()
+    abar = model.scheduler.alphas_cumprod
+    steps = list(range(0, 100, 3)) + [99]
+    cos = {t: _forward_cos(model, t) for t in steps}
+    means = [cos[t].mean().item() for t in steps]
+    assert all(b <= a + 1e-3 for a, b in zip(means, means[1:])), means  # monotone in t
+    assert min(c.min().item() for c in cos.values()) > 0  # never at pi / 2
+    assert means[-1] < 0.15  # x_T near a uniform direction (|cos| ~ 1 / sqrt(d))
+    for t in steps:
+        expected = (abar[t] / (abar[t] + (1 - abar[t]) * 63)).sqrt().item()
+        assert abs(means[steps.index(t)] - expected) < 0.02, t
+
+
+class _Perfect(nn.Module):
+    """A denoiser that always predicts ``x0`` and records the ``x_t`` it is given."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.x0, self.seen = x0, []
+
+    def project_condition(self, c: torch.Tensor) -> torch.Tensor:
+        return c
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, c_proj: torch.Tensor) -> torch.Tensor:
+        self.seen.append((int(t[0]), x_t))
+        return self.x0
+
+
+def test_reverse_tracks_the_forward_issue_33() -> None:
+    """Reversing with a perfect predictor: each update is mapped back onto the sphere and ends at x0, and over the
+    last 20 steps the x_t the denoiser sees lie within 0.1 in mean cos(x_t, x0) of the forward's x_t, the inputs
+    it was trained on (Algorithm 2's per-coordinate eps' against the forward of issue 33). Against the old
+    forward, cos(x_20, x0) was 0.44 in the reverse and -0.01 in the forward."""
+    torch.manual_seed(0)
+    model = build_model("dimerec", 300, 4, {"dropout": 0.0})
+    forward = {t: _forward_cos(model.train(), t).mean().item() for t in range(20)}
+    x0 = F.normalize(torch.randn(256, 64), dim=1)
+    model.denoiser = _Perfect(x0)
+    torch.manual_seed(1)
+    out = model.eval().generate(torch.randint(1, 301, (256, 4)))
+    assert torch.allclose(out, x0, atol=1e-5)
+    assert len(model.denoiser.seen) == 100
+    for t, x_t in model.denoiser.seen:
+        assert torch.allclose(x_t.norm(dim=1), torch.ones(256), atol=1e-5)
+        if t < 20:
+            assert abs((x_t * x0).sum(1).mean().item() - forward[t]) < 0.1, t
 
 
 def test_reverse_stays_on_the_sphere_and_returns_a_perfect_prediction() -> None:
@@ -149,7 +228,11 @@ def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) 
 # -- the planted pattern ----------------------------------------------------------------------
 # 10 topics of 10 items with flat popularity: popularity's HR@20 is ~0.4, the Bayes bound ~0.9.
 def test_planted_pattern(tmp_path: Path) -> None:
-    """The defaults (model GEM, 128 sampled negatives, DDPM over T = 100). Measured (8 epochs, one thread):
-    HR@20 0.715 against popularity 0.405."""
+    """The defaults (model GEM, 128 sampled negatives, DDPM over T = 100). Measured (8 epochs, one thread, seed 0):
+    HR@20 0.662 against popularity 0.405 and SASRec-CE 0.893 (``planted_hr20("sasrec", {"loss": "ce"})``).
+    Issue 33 asked for 80 % of SASRec-CE (0.715); DimeRec does not reach it here, nor did it before the fix
+    (0.703, with the wrapping forward) or with issue 33's first proposal (arccos(sqrt(abar_t)) angle, 0.52).
+    With 8 epochs the sphere DAM learns a query from the GEM's interests and a reverse chain of 100 noisy steps;
+    we check the clear margin over popularity that it does reach, not a claim it cannot keep."""
     hr, hr_pop = planted_hr20("dimerec", {}, tmp_path)
     assert hr >= 1.5 * hr_pop, (hr, hr_pop)
