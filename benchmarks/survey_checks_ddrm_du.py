@@ -88,7 +88,7 @@ def ddrm_checks(model, ds) -> dict:
         "cos_query_encoder_state": _cos(q, u),
         "cos_query_vs_query_with_other_rows_encoder_state": _cos(q, q_swap),
         "noise_std_at_T": round(float((1 - model.scheduler.alphas_cumprod[-1]).sqrt()), 4),
-        "item_table_rms": round(float(model.item_embedding.weight[1:].pow(2).mean().sqrt()), 4),
+        "item_table_rms": round(float(model.item_embedding.weight[1:].detach().pow(2).mean().sqrt()), 4),
     }
 
 
@@ -104,7 +104,9 @@ def du_snr(model) -> list[float]:
 def du_checks(model, ds) -> dict:
     model.train()
     n = 256
-    batch = Batch(history=torch.from_numpy(ds.train.history[:n]).long(), target=torch.from_numpy(ds.train.target[:n]).long())
+    # the first validation rows as one batch, in training mode (the loss terms as training computes them)
+    batch = Batch(history=torch.from_numpy(ds.val.history[:n, -model.max_len :]).long(),
+                  target=torch.from_numpy(ds.val.target[:n]).long())
     torch.manual_seed(0)
     e_v = model.slot_vector(batch.target) if hasattr(model, "slot_vector") else model.item_embedding(batch.target)
     t = model.scheduler.sample_timesteps(n)
@@ -150,12 +152,15 @@ def main() -> None:
     pop = build_model("popularity", ds.n_items, ds.max_len)
     pop.fit_statistics(ds)
     res: dict = {"data": PLANTED_SMALL, "epochs": args.epochs, "hr20_popularity": _hr20(pop, ds)}
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"ddrm_du_{args.label}.json"
     if "sasrec" not in args.skip:
         res["hr20_sasrec_ce"] = _hr20(_train("sasrec", {"loss": "ce"}, ds, args.epochs), ds)
     if "ddrm" not in args.skip:
         ddrm_params = json.loads(args.ddrm_params)
         ddrm = _train("ddrm", ddrm_params, ds, args.epochs)
         res["ddrm"] = {"params": ddrm_params, "hr20": _hr20(ddrm, ds), **ddrm_checks(ddrm, ds)}
+        path.write_text(json.dumps(res, indent=1) + "\n")  # partial results first
     if "du" not in args.skip:
         du_params = json.loads(args.du_params)
         torch.manual_seed(0)
@@ -185,8 +190,6 @@ def main() -> None:
             fig.savefig(OUT / f"du_snr_{args.label}.png", dpi=110)
         except ImportError:
             pass
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"ddrm_du_{args.label}.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "du"} | {"du": {k: v for k, v in res.get("du", {}).items()
                                                                           if not k.startswith("snr_init") and k != "snr_trained"}}, indent=1))

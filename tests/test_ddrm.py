@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_reload_identical, planted_hr20
+from conftest import assert_reload_identical, planted_run
 
 from dreamrec.data.batching import Batch
 from dreamrec.errors import ConfigError
@@ -55,11 +55,13 @@ def test_forward_noising_eq6_7_by_hand() -> None:
 
 @pytest.mark.parametrize(
     "params", [{}, {"reweight": "softmax"}, {"reweight": "sigmoid", "reweight_beta": 2.0},
-               {"negative": "denoised", "backbone_weight": 0.0}, {"lambda_re": 0.7, "backbone_weight": 0.3}]
+               {"negative": "denoised", "backbone_weight": 0.0}, {"lambda_re": 0.7, "backbone_weight": 0.3},
+               {"start_weight": 0.0}, {"start_weight": 0.5, "negative": "denoised"}]
 )
 def test_loss_eq22_by_hand(params: dict) -> None:
-    """mean_u w(u,i) [L_bpr + lambda L_re] + backbone_weight * mean BPR(e_0^u, e_0^i, e_0^j), recomputed from the
-    same negatives, steps and noise: f_theta is guided by the positive item, f_psi by the user."""
+    """mean_u w(u,i) [L_bpr + lambda L_re] + start_weight * mean [BPR(e, e_0^i, e_0^j) + lambda ||e_0^i - e||^2 / d]
+    with e = f_psi(q(e_bar_t | e_bar), e_0^u, t) + backbone_weight * mean BPR(e_0^u, e_0^i, e_0^j), recomputed from
+    the same negatives, steps and noise: f_theta is guided by the positive item, f_psi by the user."""
     model = _model(noise_scale=0.5, noise_min=0.1, noise_max=0.3, **params).train()
     cfg = model.config
     batch = Batch(history=torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [0, 0, 8, 9]]), target=torch.tensor([4, 8, 10]))
@@ -87,7 +89,11 @@ def test_loss_eq22_by_hand(params: dict) -> None:
     elif cfg.reweight == "sigmoid":
         w = (1 / (1 + torch.exp(-s_ui))) ** cfg.reweight_beta
     backbone = torch.log1p(torch.exp(-((e0_u * e0_i).sum(1) - (e0_u * e0_j).sum(1))))
+    e_bar = model.start_point(batch.history)
+    e = model.f_psi(abar.sqrt() * e_bar + (1 - abar).sqrt() * torch.randn(3, 8), t, e0_u)  # from Eq. 23's start
+    start = torch.log1p(torch.exp(-((e * e0_i).sum(1) - (e * e0_j).sum(1)))) + cfg.lambda_re * ((e0_i - e) ** 2).mean(1)
     expected = (w * (bpr + cfg.lambda_re * re)).mean() + cfg.backbone_weight * backbone.mean()
+    expected = expected + cfg.start_weight * start.mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert model.encoder.item_embedding.weight.grad is not None and model.f_theta.fc_in.weight.grad is not None
