@@ -42,9 +42,11 @@ OUT = ROOT / "benchmarks" / "results" / "survey_checks"
 
 
 def _train(name: str, params: dict, ds, epochs: int):
-    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=5e-3, patience=epochs, val_metric="HR@20", seed=0)
     torch.manual_seed(0)
     model = build_model(name, ds.n_items, ds.max_len, params)
+    if epochs == 0:  # --epochs 0: the model at initialisation (a cheap look at the loss terms and the SNR)
+        return model.eval()
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=5e-3, patience=epochs, val_metric="HR@20", seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         train(model, ds, cfg, Path(tmp), progress=False, log=lambda s: None)
     return model.eval()

@@ -11,6 +11,7 @@ import torch
 from conftest import assert_reload_identical, planted_run
 
 from dreamrec.data.batching import Batch
+from dreamrec.diffusion import sample
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.ddrm import DDRM
@@ -164,8 +165,21 @@ def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) 
 # -- the planted pattern ----------------------------------------------------------------------
 # 10 topics of 10 items with flat popularity: popularity's HR@20 is ~0.4, the Bayes bound ~0.9.
 def test_planted_pattern(tmp_path: Path) -> None:
-    """The defaults. Measured (8 epochs, one thread, ~20 s): HR@20 0.87 against popularity 0.405 (the encoder's
-    e_0^u alone as query: 0.875; the history mean e_bar^i alone: 0.60). With backbone_weight = 0 (the DDRM loss
-    alone) it stays at popularity's level (0.39): f_theta reads the positive item from its guidance c_u."""
-    hr, hr_pop = planted_hr20("ddrm", {}, tmp_path)
+    """The defaults. Measured (8 epochs, one thread; benchmarks/results/survey_checks/ddrm_du_new_ddrm.json):
+    HR@20 0.878 against popularity 0.405 (the encoder's e_0^u alone as query: 0.888; the history mean e_bar^i
+    alone: 0.59). The query follows the encoder: cos(e, e_0^u) 0.76, cos(e, e_bar^i) 0.36, and guiding the same
+    reverse process with another row's e_0^u gives a query at cos 0.12 to it. With start_weight = 0 (Algorithm 1
+    alone) f_psi returns about its input, the noised history mean, whatever the guidance (ddrm_du_old_ddrm.json)."""
+    hr, hr_pop, model, ds = planted_run("ddrm", {}, tmp_path)
     assert hr >= 1.8 * hr_pop, (hr, hr_pop)
+    h = torch.from_numpy(ds.test.history[:300, -model.max_len :])
+    with torch.no_grad():
+        u, e_bar = model.user_embedding(h), model.start_point(h)
+        x_T = model.scheduler.add_noise(e_bar, torch.randn_like(e_bar), model.scheduler.num_train_timesteps - 1)
+        runs = {}
+        for name, c in (("own", u), ("other", u.roll(1, 0))):  # the same start, another row's encoder state
+            runs[name] = sample(lambda x, t, c=c: model.f_psi(x, t, c), model.scheduler, tuple(x_T.shape), x_T=x_T,
+                                mean_only=True)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(runs["own"], runs["other"]).mean() < 0.5  # the query depends on the encoder state ...
+    assert cos(runs["own"], e_bar).mean() < cos(runs["own"], u).mean()  # ... more than on the history mean

@@ -22,8 +22,9 @@ indexes rank exactly as :meth:`score`. Where this implementation chooses (the pa
   attends to every position either way; the notes do not say whether earlier positions see the slot);
 * ``slot_norm`` (default on): the diffused vector is ``E(v_T)`` rescaled to length ``sqrt(d)``, the unit
   noise's length (``unk`` too). The paper does not give the table's scale; at the encoder's N(0, 0.02^2)
-  initialisation the slot's signal-to-noise ratio ``abar_n ||h^0||^2 / ((1 - abar_n) d)`` is above 1 on the
-  first 2 of 100 cosine steps only, so the denoiser mostly sees noise (``benchmarks/survey_checks_ddrm_du.py``);
+  initialisation the slot's signal-to-noise ratio ``abar_n ||h^0||^2 / ((1 - abar_n) d)`` is below 1 at every
+  one of 100 cosine steps (0.64 at n = 1, above 0.1 on the first 3 only), so the denoiser mostly sees noise
+  (planted data, ``benchmarks/survey_checks_ddrm_du.py``);
   rescaled, it is ``abar_n / (1 - abar_n)``, above 1 on half the steps;
 * ``rec_on`` (default ``both``): the objective's Rec Loss ``-log p_phi(v_T | h_T^0)`` is on the clean
   ``h_T^0``, whose gradient never reaches the denoiser (it learns by MSE alone, DreamRec's regime), while
