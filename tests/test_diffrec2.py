@@ -14,6 +14,7 @@ from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.diffrec2 import DiffRec2
 
+SASREC_CE_PLANTED_HR20 = 0.893  # SASRec (loss ce), same data and training (benchmarks/survey_checks_ddrm_du.py)
 SMALL = {"hidden": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "timesteps": 10}
 
 
@@ -134,6 +135,9 @@ def test_planted_pattern(tmp_path: Path) -> None:
     """The defaults (slot_norm, rounding loss on h^0 and on the prediction) with the step embedding at the noisy
     slot only, one-step inference (configs/diffrec2/zhihu.yaml). Before issue 33's fix (E(v) at N(0, 0.02^2)
     against unit noise, rounding loss on h^0 alone) it reached 0.53 against popularity's 0.405; with z_n at every
-    position (the paper's H^n) it stayed at popularity's level within these 8 epochs (0.42)."""
+    position (the paper's H^n) it stayed at popularity's level within these 8 epochs (0.42). Measured with the fix
+    (benchmarks/results/survey_checks/ddrm_du_new_du.json): 0.772 against popularity 0.405 and SASRec-CE 0.893
+    (86 % of it) on the same data and training settings."""
     hr, hr_pop = planted_hr20("diffrec2", {"sampler": "onestep", "step_everywhere": False}, tmp_path)
-    assert hr >= 1.2 * hr_pop, (hr, hr_pop)
+    assert hr >= 1.6 * hr_pop, (hr, hr_pop)
+    assert hr >= 0.8 * SASREC_CE_PLANTED_HR20, hr
