@@ -21,6 +21,12 @@ PLANTED_SMALL = {"n_users": 600, "n_items": 100, "n_topics": 10, "zipf": 0.0, "s
 
 def planted_hr20(name: str, params: dict, out_dir) -> tuple[float, float]:
     """(model's test HR@20, popularity's test HR@20) after 8 epochs of training on ``PLANTED_SMALL``."""
+    hr, hr_pop, _, _ = planted_run(name, params, out_dir)
+    return hr, hr_pop
+
+
+def planted_run(name: str, params: dict, out_dir):
+    """:func:`planted_hr20`, also returning the trained model (in eval mode) and the dataset."""
     from dreamrec.config import TrainConfig
     from dreamrec.data.synthetic import SyntheticConfig, generate
     from dreamrec.eval.evaluate import evaluate
@@ -35,7 +41,7 @@ def planted_hr20(name: str, params: dict, out_dir) -> tuple[float, float]:
     pop = build_model("popularity", ds.n_items, ds.max_len)
     pop.fit_statistics(ds)
     hr = evaluate(model, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"]
-    return hr, evaluate(pop, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"]
+    return hr, evaluate(pop, ds.test, max_len=ds.max_len, ks=(20,))["HR@20"], model.eval(), ds
 
 
 def assert_reload_identical(name: str, params: dict, dataset, tmp_path) -> torch.nn.Module:

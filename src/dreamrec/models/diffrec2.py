@@ -16,15 +16,24 @@ sequence denoises it.
   ``sampler: onestep`` with ``n_seeds > 1``; DDIM also applies.
 
 The scores ``W h^0 + b`` are written as one inner product, ``[h^0; 1] . [W_v; b_v]``, so retrieval
-indexes rank exactly as :meth:`score`. Where this implementation chooses: the encoder is the project's
-causal SASRec-style Transformer (the last position, the only one read, attends to every position
-either way; the notes do not say whether earlier positions see the noisy slot); ``rec_on: prediction``
-(not the paper) puts the rounding loss on ``f_theta``'s output instead of ``h_T^0`` (on the planted data
-it then learns to copy the noisy slot and not the history: 0.42 HR@20 against popularity's 0.405);
-``step_everywhere: false`` (not the paper) adds ``z_n`` at the noisy slot only. With the paper's ``z_n``
-at every position each history token is shifted by a different vector per row, and on the planted
-pattern the model stayed at popularity's level within 8 epochs (HR@20 0.41-0.42); with the slot only it
-reached 0.53 (``tests/test_diffrec2.py``).
+indexes rank exactly as :meth:`score`. Where this implementation chooses (the paper is silent):
+
+* the encoder is the project's causal SASRec-style Transformer (the last position, the only one read,
+  attends to every position either way; the notes do not say whether earlier positions see the slot);
+* ``slot_norm`` (default on): the diffused vector is ``E(v_T)`` rescaled to length ``sqrt(d)``, the unit
+  noise's length (``unk`` too). The paper does not give the table's scale; at the encoder's N(0, 0.02^2)
+  initialisation the slot's signal-to-noise ratio ``abar_n ||h^0||^2 / ((1 - abar_n) d)`` is below 1 at every
+  one of 100 cosine steps (0.64 at n = 1, above 0.1 on the first 3 only), so the denoiser mostly sees noise
+  (planted data, ``benchmarks/survey_checks_ddrm_du.py``);
+  rescaled, it is ``abar_n / (1 - abar_n)``, above 1 on half the steps;
+* ``rec_on`` (default ``both``): the objective's Rec Loss ``-log p_phi(v_T | h_T^0)`` is on the clean
+  ``h_T^0``, whose gradient never reaches the denoiser (it learns by MSE alone, DreamRec's regime), while
+  Algorithm 2 (line 9) rounds ``f_theta``'s prediction. ``both`` keeps the objective's term and adds the same
+  cross-entropy on the prediction; ``embedding`` is the objective as written, ``prediction`` the second term
+  alone;
+* ``step_everywhere: false`` (not the paper) adds ``z_n`` at the noisy slot only. With the paper's ``z_n`` at
+  every position each history token is shifted by a different vector per row, and on the planted pattern
+  (before ``slot_norm`` and ``rec_on: both``) the model stayed at popularity's level within 8 epochs.
 """
 from __future__ import annotations
 
@@ -60,8 +69,13 @@ class DiffRec2Config(ModelConfig):
     beta_end: float = Field(0.02, gt=0, lt=1, description="linear schedule")
     step_everywhere: bool = Field(True, description="add z_n at every position (the paper) or only at the noisy slot")
     mse_weight: float = Field(1.0, ge=0, description="weight of the MSE term")
-    rec_on: Literal["embedding", "prediction"] = Field(
-        "embedding", description="embedding: -log p(v_T | h_T^0) (the paper); prediction: on f_theta's output"
+    rec_on: Literal["embedding", "prediction", "both"] = Field(
+        "both", description="the rounding loss: embedding: -log p(v_T | h_T^0) (the objective as written); "
+        "prediction: on f_theta's output (what Algorithm 2 rounds); both: the sum"
+    )
+    slot_norm: bool = Field(
+        True, description="diffuse E(v_T) rescaled to length sqrt(d), the unit noise's (false: E(v_T) as it is, "
+        "N(0, 0.02^2) at the start, where the slot is noise after the first few steps)"
     )
     sampler: Sampler = "ddpm"
     sampler_steps: int | None = Field(None, ge=1, description="S for ddim/ddpm; None = all N steps")
@@ -113,6 +127,13 @@ class DiffRec2(SequentialRecommender):
         """``E``, the table of the history's items and of the diffusion targets."""
         return self.encoder.item_embedding
 
+    def slot_vector(self, items: torch.Tensor) -> torch.Tensor:
+        """The mean of ``q_phi(h^0 | v)`` [..., d]: ``E(v)``, rescaled to length ``sqrt(d)`` with ``slot_norm``."""
+        e = self.item_embedding(items)
+        if not self.config.slot_norm:
+            return e
+        return e * (e.shape[-1] ** 0.5 / e.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
     def denoise(self, history: torch.Tensor, h_n: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         """``f_theta(h_T^n, n)`` [B, d]: the encoder's last output over ``H^n`` (history ``[B, L]``, the noisy
         slot ``h_n`` [B, d], steps ``n`` [B] or a shared [1])."""
@@ -127,11 +148,15 @@ class DiffRec2(SequentialRecommender):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         cfg = self.config
-        e_v = self.item_embedding(batch.target)
+        e_v = self.slot_vector(batch.target)
         h0 = e_v + cfg.embedding_std * torch.randn_like(e_v) if cfg.embedding_std > 0 else e_v
         n = self.scheduler.sample_timesteps(h0.shape[0], device=h0.device)
         f = self.denoise(batch.history, self.scheduler.add_noise(h0, torch.randn_like(h0), n), n)
-        rec = F.cross_entropy(self.rounding(h0 if cfg.rec_on == "embedding" else f), batch.target - 1)
+        rec = 0.0
+        if cfg.rec_on in ("embedding", "both"):  # the objective's Rec Loss, -log p(v_T | h_T^0)
+            rec = F.cross_entropy(self.rounding(h0), batch.target - 1)
+        if cfg.rec_on in ("prediction", "both"):  # on what Algorithm 2 rounds: f_theta's prediction
+            rec = rec + F.cross_entropy(self.rounding(f), batch.target - 1)
         if cfg.mse_weight == 0:
             return rec
         return cfg.mse_weight * (h0 - f).square().sum(-1).mean() + rec
@@ -143,7 +168,8 @@ class DiffRec2(SequentialRecommender):
         B = history.shape[0]
         rows = history.repeat(k, 1) if k > 1 else history
         N = self.scheduler.num_train_timesteps
-        unk = self.unk.expand(rows.shape[0], -1)
+        unk = self.unk * (self.unk.shape[0] ** 0.5 / self.unk.norm()) if self.config.slot_norm else self.unk
+        unk = unk.expand(rows.shape[0], -1)
         last = torch.full((rows.shape[0],), N - 1, dtype=torch.long, device=rows.device)
         h_N = self.scheduler.add_noise(unk, keyed_noise.randn_like(unk), last)  # q(h^N | E(unk))
         h0 = sample(lambda x, n: self.denoise(rows, x, n), self.scheduler, tuple(h_N.shape), x_T=h_N)
