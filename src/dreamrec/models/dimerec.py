@@ -22,13 +22,13 @@ multiple interests, diffusing on the unit sphere.
   samplers (DDPM as the algorithm, DDIM or one step for speed), every update mapped back onto the sphere; the
   generated ``x_0`` is the query and items are ranked by ``x_0 . e``.
 
-Where the notes are silent or loose, this implementation chooses (issue 33):
+Where the notes are silent or loose, this implementation chooses:
 
 * **the angle.** Line 10 writes ``exp_{e'_a}[sqrt(1 - alpha_t) eps]``. We read ``alpha_t`` as the cumulative
   ``abar_t`` (the marginal ``q(x_t | x_0)`` that Algorithm 2's DDPM posterior reverses; the per-step
   ``1 - alpha_t = beta_t`` would be one step's noise). Taken literally, the tangent Gaussian's norm ``|eps|``
   is ``~ sqrt(d - 1)`` (7.9 at ``d = 64``), so the angle ``sqrt(1 - abar_t) |eps|`` passes ``2 pi`` and ``x_t``
-  wraps back onto ``e'_a``: our code until issue 33, where ``cos(x_t, x0)`` was -0.96 at ``t = 40`` and 0.86
+  wraps back onto ``e'_a``: our earlier code, where ``cos(x_t, x0)`` was -0.96 at ``t = 40`` and 0.86
   at ``t = T = 100`` (``benchmarks/dimerec_geodesic.py``). The notes justify the sphere by the geodesic random
   walk, whose small steps act as tangent Gaussian noise, and reverse by DDPM's posterior followed by
   ``L2-Norm``. We keep line 10's exponential map and tangent direction and take the angle
@@ -42,7 +42,7 @@ Where the notes are silent or loose, this implementation chooses (issue 33):
   (up to 1.1 on a unit vector) matches the forward above; with a perfect ``x0_hat`` the reverse's ``x_t``
   lie within ~0.1 in mean ``cos(x_t, x0)`` of the forward's (0.44 against 0.53 at ``t = 20``; 0.18 against 0.29
   at ``t = 40``; ``benchmarks/dimerec_geodesic.py``). We tried the
-  alternative of issue 33, ``theta_t = arccos(sqrt(abar_t))`` on a unit tangent direction with
+  alternative a review suggested, ``theta_t = arccos(sqrt(abar_t))`` on a unit tangent direction with
   ``eps' ~ N(0, I_d / d)``: its ``x_T`` stays at ``cos 0.60`` from ``x0``, far from the uniform start, and it
   ranked worse on the planted test (HR@20 0.52 against 0.66, one seed).
 * the negatives ``I_sample`` are ``n_negatives`` items drawn uniformly once per batch and shared by its rows
