@@ -94,6 +94,12 @@ def validates(config: TrainConfig, epoch: int) -> bool:
     return epoch > config.eval_offset and (epoch - config.eval_offset) % config.eval_every == 0
 
 
+def validation_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether the trainer validates after (1-based) ``epoch``: a scheduled validation or the last epoch
+    (a budget stop validates too, decided in the loop)."""
+    return validates(config, epoch) or epoch == config.epochs
+
+
 def improves(config: TrainConfig, state: dict[str, Any], val: dict[str, float]) -> bool:
     """Whether validation ``val`` becomes the selected one (updating ``state["metric_bests"]``).
 
@@ -362,7 +368,7 @@ def train(
     out_of_time = False
     aborted = False  # an epoch left unfinished by the budget (its steps are dropped: the checkpoint is before it)
     while epoch < config.epochs and not state["stopped_early"] and not out_of_time:
-        will_validate = validates(config, epoch + 1) or epoch + 1 == config.epochs
+        will_validate = validation_due(config, epoch + 1)
         if budget is not None and costs["train"] > 0 and distributed.any_rank(
             _clock() - started + costs["train"] + (costs["val"] if will_validate else 0.0) > budget, env
         ):
@@ -410,7 +416,7 @@ def train(
             budget is not None and _clock() - started + costs["val"] >= budget, env
         )
 
-        if validates(config, epoch) or epoch == config.epochs or out_of_time:
+        if validation_due(config, epoch) or out_of_time:
             t_val = _clock()
             val = validate()
             costs["val"] = max(costs["val"], _clock() - t_val)
