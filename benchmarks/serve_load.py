@@ -1,13 +1,16 @@
 """Load benchmark of ``dreamrec serve``: throughput and p50/p95/p99 latency of POST /recommend.
 
-For each run directory it starts ``dreamrec serve RUN --workers 1`` on a free loopback port, sends
-``--warmup`` then ``--requests`` requests (k=20, default sampler, random histories of catalog ids)
-from an httpx client with each ``--concurrency`` level, stops the server and writes
-``benchmarks/results/serve/<model>.json``; then regenerates ``benchmarks/SERVING.md``. Bounded: it
-stops by itself after ``len(runs) * len(concurrency) * requests`` requests.
+For each run directory and each ``--workers`` count it starts ``dreamrec serve RUN --workers N`` on a
+free loopback port (``--index`` retrieval; ``--sampler``/``--steps`` for diffusion runs), sends
+``--warmup`` then ``--requests`` requests (k=20, random histories of catalog ids) from an httpx client
+at each ``--concurrency`` level, stops the server and writes
+``benchmarks/results/serve/<model>-<items>-<index>-w<workers>.json``; then regenerates
+``benchmarks/SERVING.md``. Bounded: it stops by itself after ``runs x workers x concurrency x requests``
+requests. The client runs on the same machine as the server (its threads take CPU from it).
 
     python benchmarks/serve_load.py                       # trains popularity, sasrec, dreamrec on synthetic data
-    python benchmarks/serve_load.py runs/dreamrec runs/sasrec --requests 2000
+    python benchmarks/serve_load.py RUN_SASREC RUN_DREAMREC --sampler ddim --steps 10
+    python benchmarks/serve_load.py --large-catalog 1000000 --index faiss --keep runs/serve-1m
 """
 from __future__ import annotations
 
@@ -68,14 +71,50 @@ def train_synthetic_runs(out: Path, seed: int = 0) -> list[Path]:
     return runs
 
 
-def _start_server(run_dir: Path, port: int, threads: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "dreamrec.cli", "serve", str(run_dir), "--port", str(port), "--workers", "1",
-           "--threads", str(threads), "--log-level", "warning"]
+def train_large_catalog_runs(out: Path, n_items: int, seed: int = 0, minutes: float = 2.0) -> list[Path]:
+    """SASRec (BCE, the paper's loss: no catalog-wide softmax) and DreamRec (DDPM T=500, the paper's
+    defaults otherwise) on synthetic data with an ``n_items`` catalog, trained for ``minutes`` each:
+    the catalog size is what this measures, not accuracy."""
+    sys.path.insert(0, str(SRC))
+    from dreamrec.config import RunConfig, TrainConfig
+    from dreamrec.data.synthetic import SyntheticConfig, generate
+    from dreamrec.train.run import train_run
+
+    ds = generate(SyntheticConfig(n_users=3000, n_items=n_items, n_topics=200, min_len=5, max_len=20,
+                                  seed=seed)).dataset
+    data_dir = ds.save(out / "data")
+    runs = []
+    for name, params in (("sasrec", {"hidden": 64, "n_layers": 2, "n_heads": 2, "loss": "bce", "n_negatives": 1}),
+                         ("dreamrec", {"hidden": 64, "timesteps": 500, "beta_schedule": "linear",
+                                       "denoiser": "mlp1", "guidance_w": 4.0})):
+        cfg = RunConfig(model=name, params=params,
+                        train=TrainConfig(epochs=1, seed=seed, threads=1, max_minutes=minutes))
+        train_run(cfg, data_dir, out / name, progress=False, log=None, dataset=ds)
+        runs.append(out / name)
+    return runs
+
+
+def _run_model(run_dir: Path) -> tuple[str, bool]:
+    """(model name, whether it has a diffusion sampler) from the run's config."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return cfg["model"], "sampler" in (cfg.get("params") or {})
+
+
+def _start_server(run_dir: Path, port: int, args: argparse.Namespace, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("OMP_NUM_THREADS", None)  # the server's defaults (dreamrec.threads) unless --threads
+    cmd = [sys.executable, "-m", "dreamrec.cli", "serve", str(run_dir), "--port", str(port), "--workers", str(workers),
+           "--index", args.index, "--log-level", "warning"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if _run_model(run_dir)[1]:
+        cmd += (["--sampler", args.sampler] if args.sampler else []) + (["--steps", str(args.steps)] if args.steps else [])
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 120) -> dict[str, Any]:
+def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 600) -> dict[str, Any]:
     import httpx
 
     deadline = time.time() + timeout
@@ -128,7 +167,7 @@ def drive(base: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[str
             "mean_ms": float(lat.mean())}
 
 
-def bench_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def bench_run(run_dir: Path, args: argparse.Namespace, workers: int) -> dict[str, Any]:
     import pandas as pd
 
     ids = [v.item() if hasattr(v, "item") else v for v in pd.read_parquet(run_dir / "items.parquet")["item_id"]]
@@ -140,16 +179,21 @@ def bench_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start_server(run_dir, port, args.threads)
+    proc = _start_server(run_dir, port, args, workers)
     try:
+        t = time.perf_counter()
         health = _wait_healthy(base, proc)
-        drive(base, [body() for _ in range(args.warmup)], 1)
+        startup = time.perf_counter() - t
+        drive(base, [body() for _ in range(args.warmup)], max(args.concurrency))  # every worker warmed up
         rows = [drive(base, [body() for _ in range(args.requests)], c) for c in args.concurrency]
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
+    sampled = _run_model(run_dir)[1]
+    sampler = ((args.sampler or "run's") + (f"-{args.steps}" if args.steps else "")) if sampled else "-"
     return {"model": health["model"], "n_items": health["n_items"], "max_len": health["max_len"],
-            "run_dir": str(run_dir), "rows": rows}
+            "run_dir": str(run_dir), "workers": workers, "index": args.index, "sampler": sampler,
+            "startup_seconds": startup, "rows": rows}
 
 
 def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
@@ -162,13 +206,17 @@ def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
            ""]
     serve = [json.loads(p.read_text()) for p in sorted((RESULTS / "serve").glob("*.json"))]
     if serve:
-        out += ["## HTTP load (POST /recommend, k=20, one worker, default sampler)", "",
-                "| model | items | concurrency | requests | errors | req/s | p50 ms | p95 ms | p99 ms | date | machine |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        out += ["## HTTP load (POST /recommend, k=20)", "",
+                "Concurrent requests to one worker share model calls (`dreamrec.serve.coalesce`).", "",
+                "| model | items | index | sampler | workers | concurrency | requests | errors | req/s | p50 ms "
+                "| p95 ms | p99 ms | date | machine |",
+                "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        serve.sort(key=lambda r: (r["n_items"], r["model"], r.get("sampler", ""), r.get("workers", 1)))
         for r in serve:
             m = r["machine"]
             for row in r["rows"]:
-                out.append(f"| {r['model']} | {r['n_items']} | {row['concurrency']} | {row['requests']} | {row['errors']} "
+                out.append(f"| {r['model']} | {r['n_items']:,} | {r.get('index', 'exact')} | {r.get('sampler', '-')} "
+                           f"| {r.get('workers', 1)} | {row['concurrency']} | {row['requests']} | {row['errors']} "
                            f"| {row['throughput_rps']:.0f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
                            f"| {row['p99_ms']:.1f} | {r['date'][:10]} | {m['cpu']}, {m['cores']} cores, "
                            f"load {m['loadavg_at_start'][0]:.1f} |")
@@ -203,20 +251,35 @@ def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", type=Path, help="run directories (default: train popularity, sasrec and dreamrec)")
-    p.add_argument("--requests", type=int, default=2000)
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
+    p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
+    p.add_argument("--workers", type=ints, default=[1, 2], help="worker counts to serve with")
+    p.add_argument("--index", default="exact", help="exact | faiss")
+    p.add_argument("--sampler", default=None, help="sampler of diffusion runs (default: the run's)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion runs")
+    p.add_argument("--large-catalog", type=int, default=None, metavar="N",
+                   help="train sasrec and dreamrec on a synthetic N-item catalog and serve those")
+    p.add_argument("--keep", type=Path, default=None, help="where the trained runs go (default: a temporary folder)")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--max-history", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: the server's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=RESULTS / "serve")
     args = p.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = args.runs or train_synthetic_runs(Path(tmp), args.seed)
-        for run in runs:
-            result = bench_run(run, args)
+        where = args.keep or Path(tmp)
+        if args.runs:
+            runs = args.runs
+        elif args.large_catalog:
+            runs = train_large_catalog_runs(where, args.large_catalog, args.seed)
+        else:
+            runs = train_synthetic_runs(where, args.seed)
+        for run, workers in [(r, w) for r in runs for w in args.workers]:
+            load = os.getloadavg()
+            result = bench_run(run, args, workers)
             result.update(
                 benchmark="serve_load",
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -227,8 +290,9 @@ def main() -> None:
             if not args.runs:
                 result["run_dir"] = "synthetic (trained by the script)"
             args.out_dir.mkdir(parents=True, exist_ok=True)
-            (args.out_dir / f"{result['model']}.json").write_text(json.dumps(result, indent=2) + "\n")
-            print(json.dumps({k: result[k] for k in ("model", "rows")}, indent=1))
+            name = f"{result['model']}-{result['n_items']}-{args.index}-w{workers}"
+            (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(name, json.dumps([{k: round(v, 1) for k, v in row.items()} for row in result["rows"]]), flush=True)
     write_serving_md()
 
 

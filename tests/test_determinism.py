@@ -143,8 +143,8 @@ def test_http_single_and_batch_answer_alike(served):
             assert r.status_code == 200, r.text
             _same(r.json(), alone[i])
         order = [7, 2, 11, 2, 30, 0]
-        body = json.dumps({"histories": [hs[i] for i in order], "k": 20, "intents": [ts[i] for i in order]},
-                          ensure_ascii=True)
+        histories = [{"history": hs[i], "intent": ts[i]} if ts[i] else hs[i] for i in order]
+        body = json.dumps({"histories": histories, "k": 20}, ensure_ascii=True)
         r = c.post("/recommend/batch", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
         for i, got in zip(order, r.json()["results"]):

@@ -103,7 +103,7 @@ def test_unsupported_methods_get_405_with_allow_and_get_answers_head(api_schema)
             assert set(r.headers["allow"].replace(" ", "").split(",")) == served, (method, path)
 
 
-@pytest.mark.parametrize("body", [{"k": True}, {"k": "5"}, {"k": 5.0}, {"strict": 0}, {"exclude_seen": "yes"}])
+@pytest.mark.parametrize("body", [{"k": True}, {"k": "5"}, {"k": 5.5}, {"strict": 0}, {"exclude_seen": "yes"}])
 def test_k_and_flags_have_strict_json_types(api_schema, body):
     client = TestClient(api_schema.app)
     assert client.post("/recommend", json={"history": [], **body}).status_code == 422
@@ -123,6 +123,7 @@ def test_any_string_in_intents_and_ids_is_answered(intent_client, intent, ids):
     body = json.dumps({"history": ids, "k": 3, "intent": intent}, ensure_ascii=True)
     r = intent_client.post("/recommend", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200, (intent, ids, r.text)
-    batch = json.dumps({"histories": [ids, []], "k": 2, "intents": [intent, intent[::-1]]}, ensure_ascii=True)
+    batch = json.dumps({"histories": [{"history": ids, "intent": intent}, {"intent": intent[::-1]}], "k": 2},
+                       ensure_ascii=True)
     r = intent_client.post("/recommend/batch", content=batch, headers={"content-type": "application/json"})
     assert r.status_code == 200, (intent, ids, r.text)

@@ -56,7 +56,8 @@ def test_lone_surrogate_intent_is_answered_and_the_connection_survives(intent_ru
         body = b'{"history": [], "k": 3, "intent": "\\ud800 jazz"}'
         r = c.post("/recommend", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
-        batch = b'{"histories": [[], []], "k": 3, "intents": ["\\ud800", "\\udfff jazz \\ud800"]}'
+        batch = (b'{"histories": [{"history": [], "intent": "\\ud800"}, {"intent": "\\udfff jazz \\ud800"}],'
+                 b' "k": 3}')
         r = c.post("/recommend/batch", content=batch, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
         assert c.get("/health").status_code == 200
@@ -84,12 +85,17 @@ def test_405_has_allow_head_works_and_types_are_strict(client):
     r = client.head("/health")
     assert r.status_code == 200 and r.content == b""
     assert client.head("/metrics").status_code == 200
-    for bad in ({"k": True}, {"k": "5"}, {"k": 5.0}, {"strict": 0}, {"strict": "true"}, {"exclude_seen": 1}):
+    for bad in ({"k": True}, {"k": "5"}, {"k": 5.5}, {"strict": 0}, {"strict": "true"}, {"exclude_seen": 1}):
         r = client.post("/recommend", json={"history": [], **bad})
         assert r.status_code == 422, (bad, r.status_code, r.text)
         r = client.post("/recommend/batch", json={"histories": [[]], **bad})
         assert r.status_code == 422, (bad, r.status_code, r.text)
     assert client.post("/recommend", json={"history": [], "k": 5, "strict": True}).status_code == 200
+    # a JSON Schema integer may be written 5.0 (schemathesis sends such): k and integer ids accept it
+    ids = [x for x in client.app.state.recommender._ids.tolist()[:2] if isinstance(x, int)]
+    assert ids  # the synthetic catalog has integer ids
+    r = client.post("/recommend", json={"history": [float(x) for x in ids], "k": 5.0})
+    assert r.status_code == 200 and len(r.json()["items"]) == 5 and r.json()["unknown"] == []
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +126,7 @@ def test_unknown_ids_reported_or_rejected(client, catalog):
     r = client.post("/recommend", json={"history": [catalog[0], "nope", 10**30], "k": 5})
     assert r.status_code == 200 and r.json()["unknown"] == ["nope", 10**30]
     r = client.post("/recommend", json={"history": [catalog[0], "nope"], "strict": True})
-    assert r.status_code == 422 and r.json()["unknown"] == ["nope"]
+    assert r.status_code == 404 and r.json()["unknown"] == ["nope"]  # well formed; the item does not exist
 
 
 def test_edge_cases_never_5xx(client, catalog):
@@ -164,6 +170,29 @@ def test_batch(client, catalog):
     assert res[0]["items"] == single["items"]
     assert client.post("/recommend/batch", json={"histories": [[]] * (MAX_BATCH + 1)}).status_code == 422
     assert client.post("/recommend/batch", json={"histories": [[], []], "intents": [None]}).status_code == 422
+
+
+def test_request_schema_is_the_served_models(client, intent_run):
+    """A model without intents has only null to give as one (so schema-valid requests are answered);
+    an intent-aware model's batch carries each history's intent with it (no length to mismatch)."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    one = schemas["RecommendRequestNoIntent"]["properties"]["intent"]
+    assert one.get("type") == "null"
+    assert "intents" not in schemas["BatchRequest"]["properties"]
+    r = client.post("/recommend", json={"history": [], "intent": "warm socks"})
+    assert r.status_code == 422 and "does not take an intent" in r.text
+    assert client.post("/recommend", json={"history": [], "intent": None}).status_code == 200
+
+    run, _ = intent_run
+    with TestClient(create_app(Recommender.load(run))) as c:
+        schemas = c.get("/openapi.json").json()["components"]["schemas"]
+        assert "intent" in schemas["RecommendRequest"]["properties"]
+        assert "HistoryWithIntent" in json.dumps(schemas["IntentBatchRequest"]["properties"]["histories"])
+        alone = c.post("/recommend", json={"history": [], "k": 3, "intent": "jazz"}).json()
+        plain = c.post("/recommend", json={"history": [], "k": 3}).json()
+        r = c.post("/recommend/batch", json={"histories": [{"history": [], "intent": "jazz"}, []], "k": 3})
+        assert r.status_code == 200, r.text
+        assert [x["items"] for x in r.json()["results"]] == [alone["items"], plain["items"]]
 
 
 def test_items_health_metrics_docs(client, catalog):

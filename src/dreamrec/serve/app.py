@@ -9,9 +9,14 @@ Limits and bad input (never a 5xx):
 * request bodies over ``max_body_bytes`` (default 1 MB) get 413 before they are parsed;
 * an undecodable body (invalid UTF-8) gets 400;
 * malformed JSON, wrong types, ``k < 1`` or ``k > MAX_K``, more than ``MAX_BATCH`` histories,
-  an intent for a model without intent support, and unknown ids with ``strict=true`` get 422;
-* ``k`` must be a JSON integer and ``exclude_seen``/``strict`` JSON booleans (``true``, ``"5"``,
-  ``0`` are 422, as the Python API rejects a boolean ``k``); any JSON string is accepted, even a
+  and an intent for a model without intent support get 422; unknown ids with ``strict=true`` get 404
+  (the request is well formed, the items it names are not in the catalog);
+* the OpenAPI schema is the served model's: a model without intents has no intent to give (only
+  null), and an intent-aware model's batch takes each history with its own intent
+  (``{"history": [...], "intent": "..."}``), so every schema-valid request is answered;
+* ``k`` and integer ids must be JSON Schema integers (``5`` or ``5.0``; ``true``, ``"5"`` and ``5.5``
+  are 422 for ``k``, as the Python API rejects a boolean ``k``) and ``exclude_seen``/``strict`` JSON
+  booleans (``0`` is 422); any JSON string is accepted, even a
   lone surrogate such as ``"\\ud800"``;
 * a method a path does not serve gets 405 with an ``Allow`` header; every GET route answers HEAD;
 * unknown ids (``strict=false``, the default) are ignored and listed in ``unknown``;
@@ -23,12 +28,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,7 +46,23 @@ MAX_K = 1000  # items per response
 MAX_BATCH = 256  # histories per /recommend/batch request
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 
-ItemId = Union[StrictInt, StrictStr]
+
+
+def _json_integer(v: Any) -> Any:
+    """A JSON Schema integer: an int, or a float with no fraction (``3.0``); never a boolean or a string."""
+    if isinstance(v, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(f"expected an integer, got {v!r}")
+        return int(v)
+    if not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+ItemId = Union[JsonInt, StrictStr]
 
 
 class SafeJSONResponse(JSONResponse):
@@ -61,18 +82,44 @@ class RecommendRequest(_Body):
         description="Original item ids, oldest first. Empty: the model's no-context answer. "
         "Longer than the model's window: only the most recent items are used.",
     )
-    k: StrictInt = Field(20, ge=1, le=MAX_K, description="Number of items; capped at the catalog size.")
+    k: JsonInt = Field(20, ge=1, le=MAX_K, description="Number of items; capped at the catalog size.")
     intent: Optional[str] = Field(None, description="Intention text (intent-aware models only).")
     exclude_seen: StrictBool = Field(False, description="Never return items of the history.")
     strict: StrictBool = Field(False, description="422 on unknown item ids instead of ignoring them.")
 
 
+class RecommendRequestNoIntent(RecommendRequest):
+    """The request of a model that takes no intent (its OpenAPI schema says so: only null)."""
+
+    intent: None = Field(None, description="This model takes no intent: leave it out or null.")
+
+
 class BatchRequest(_Body):
     histories: list[list[ItemId]] = Field(..., max_length=MAX_BATCH, description=f"Up to {MAX_BATCH} histories.")
-    k: StrictInt = Field(20, ge=1, le=MAX_K)
-    intents: Optional[list[Optional[str]]] = Field(None, description="One intent per history, or null.")
+    k: JsonInt = Field(20, ge=1, le=MAX_K)
     exclude_seen: StrictBool = False
     strict: StrictBool = False
+
+    def split(self) -> tuple[list[list[Any]], list[str | None] | None]:
+        return self.histories, None
+
+
+class HistoryWithIntent(_Body):
+    history: list[ItemId] = Field(default_factory=list, description="Original item ids, oldest first.")
+    intent: Optional[str] = Field(None, description="Intention text for this history.")
+
+
+class IntentBatchRequest(BatchRequest):
+    """The batch request of an intent-aware model: each history a list of ids, or an object with its intent."""
+
+    histories: list[Union[list[ItemId], HistoryWithIntent]] = Field(  # type: ignore[assignment]
+        ..., max_length=MAX_BATCH,
+        description=f"Up to {MAX_BATCH} histories, each a list of ids or {{history, intent}}.")
+
+    def split(self) -> tuple[list[list[Any]], list[str | None] | None]:
+        hs = [h.history if isinstance(h, HistoryWithIntent) else h for h in self.histories]
+        ts = [h.intent if isinstance(h, HistoryWithIntent) else None for h in self.histories]
+        return hs, ts
 
 
 class RecommendResponse(BaseModel):
@@ -208,18 +255,23 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
     app.state.metrics = metrics
     bad = {400: {"model": ErrorResponse, "description": "Body is not decodable (e.g. invalid UTF-8)"},
            422: {"model": ErrorResponse, "description": "Invalid request"},
-           413: {"model": ErrorResponse, "description": "Body too large"}}
+           413: {"model": ErrorResponse, "description": "Body too large"},
+           404: {"model": ErrorResponse, "description": "strict=true and a history id is not in the catalog"}}
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> SafeJSONResponse:
-        if isinstance(exc, UnknownItemsError):
-            return _error(422, str(exc), unknown=exc.unknown)
+        if isinstance(exc, UnknownItemsError):  # the request is well formed; the items it names do not exist
+            return _error(404, str(exc), unknown=exc.unknown)
         return _error(422, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
                   for e in exc.errors()[:20]]
+        for e in errors:
+            if e["type"] == "none_required" and e["loc"][-1:] == ["intent"]:
+                e["msg"] = (f"model {recommender.model_name!r} does not take an intent; leave 'intent' out "
+                            "or serve an intent-aware model")
         return _error(422, errors)
 
     @app.exception_handler(StarletteHTTPException)
@@ -231,19 +283,27 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
             response.headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
         return response
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=bad)
+    # the request schemas say what this model takes: an intent field only where the model uses one
+    one_body = RecommendRequest if recommender.supports_intent else RecommendRequestNoIntent
+    batch_body = IntentBatchRequest if recommender.supports_intent else BatchRequest
+
     def recommend(req: RecommendRequest) -> dict[str, Any]:
         """Top-k items (original ids) with scores for one history."""
         r = recommender.recommend(req.history, k=req.k, intent=req.intent, exclude_seen=req.exclude_seen,
                                   strict=req.strict)
         return r.to_dict()
 
-    @app.post("/recommend/batch", response_model=BatchResponse, responses=bad)
     def recommend_batch(req: BatchRequest) -> dict[str, Any]:
         """Top-k items for up to MAX_BATCH histories in one model call."""
-        rs = recommender.recommend_batch(req.histories, k=req.k, intents=req.intents,
-                                         exclude_seen=req.exclude_seen, strict=req.strict)
+        histories, intents = req.split()
+        rs = recommender.recommend_batch(histories, k=req.k, intents=intents, exclude_seen=req.exclude_seen,
+                                         strict=req.strict)
         return {"results": [r.to_dict() for r in rs]}
+
+    recommend.__annotations__["req"] = one_body  # FastAPI reads the body model from the annotation
+    recommend_batch.__annotations__["req"] = batch_body
+    app.post("/recommend", response_model=RecommendResponse, responses=bad)(recommend)
+    app.post("/recommend/batch", response_model=BatchResponse, responses=bad)(recommend_batch)
 
     @app.get("/items/{item_id}", responses={404: {"model": ErrorResponse, "description": "Unknown item"}})
     def item(item_id: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from dreamrec.eval.evaluate import exclude_history, seeded_rng
 from dreamrec.keyed_noise import keyed_rows, row_keys
 from dreamrec.retrieval.base import ItemIndex, build_index
 from dreamrec.retrieval.exact import topk_from_scores
+from dreamrec.serve.coalesce import Coalescer
 from dreamrec.train.run import load_run
 
 
@@ -74,8 +75,12 @@ class Recommender:
     (``index="exact"`` by default, ``"faiss"`` for very large catalogs; ``index_options`` go to
     :func:`dreamrec.retrieval.build_index`). Torch's generator is reseeded with ``seed`` (default:
     the run's training seed) inside a forked RNG state before each call (the caller's state is
-    left as it was), so sampled (diffusion) queries give the same answer to the same request. Model calls are serialised by a lock, so one instance can be
-    shared between threads.
+    left as it was), so sampled (diffusion) queries give the same answer to the same request.
+
+    One instance can be shared between threads: concurrent calls are coalesced (:mod:`dreamrec.serve.coalesce`)
+    into one model call of at most ``max_batch_rows`` histories when they ask for the same ``k``,
+    history exclusion and intent use; noise keyed per row keeps every answer what it would be alone.
+    ``coalesce=False`` runs each call on its own, one at a time.
     """
 
     def __init__(
@@ -91,6 +96,8 @@ class Recommender:
         sampler_options: dict[str, Any] | None = None,
         new_item_offset: float | None = None,
         new_items: Sequence[Any] | None = None,
+        coalesce: bool = True,
+        max_batch_rows: int = 256,
     ):
         self.run = load_run(run_dir, device, sampler=sampler, steps=steps, sampler_options=sampler_options)
         self.device = device
@@ -103,6 +110,10 @@ class Recommender:
         self._index = {k: i + 1 for i, k in enumerate(ids)}
         self._ids = np.asarray([python_scalar(v) for v in ids], dtype=object)
         self._lock = threading.Lock()
+        self._coalescer: Coalescer[_RankJob, tuple[np.ndarray, np.ndarray]] | None = None
+        if coalesce:
+            self._coalescer = Coalescer(self._rank_many, key=_RankJob.shape, size=lambda j: len(j.h),
+                                        max_size=max_batch_rows)
         # training counts for the popularity answer to an empty history (runs from before they were kept: none)
         counts = self.run.items.get("train_count")
         self._popularity = None
@@ -208,7 +219,8 @@ class Recommender:
                 hist[i, width - len(row) :] = row
         h = torch.from_numpy(hist).to(self.device)
         seen = [sorted(set(known)) for known, _ in encoded] if exclude_seen else None
-        top_s, top_i = self._rank(h, k, intent_list, seen)
+        job = _RankJob(h, k, intent_list, seen)
+        top_s, top_i = self._coalescer(job) if self._coalescer is not None else self._rank_many([job])[0]
         out = []
         for i, (known, unknown) in enumerate(encoded):
             keep = np.isfinite(top_s[i])
@@ -259,6 +271,22 @@ class Recommender:
             )
         return cleaned
 
+    def _rank_many(self, jobs: list["_RankJob"]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Rank the rows of several jobs of one shape in one model call, then split the answer."""
+        if len(jobs) == 1:
+            j = jobs[0]
+            return [self._rank(j.h, j.k, j.intents, j.seen)]
+        h = torch.cat([j.h for j in jobs])
+        intents = None if jobs[0].intents is None else [t for j in jobs for t in j.intents]
+        seen = None if jobs[0].seen is None else [row for j in jobs for row in j.seen]
+        top_s, top_i = self._rank(h, jobs[0].k, intents, seen)
+        out, start = [], 0
+        for j in jobs:
+            n = len(j.h)
+            out.append((top_s[start:start + n], top_i[start:start + n]))
+            start += n
+        return out
+
     def _rank(
         self, h: torch.Tensor, k: int, intents: list[str | None] | None, seen: list[list[int]] | None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +315,20 @@ class Recommender:
                 top_s, ids = np.take_along_axis(top_s, order, 1), np.take_along_axis(ids, order, 1)
             top_s, ids = top_s[:, :k], ids[:, :k]
         return top_s, ids
+
+
+@dataclass
+class _RankJob:
+    """One call's rows for :meth:`Recommender._rank`."""
+
+    h: torch.Tensor
+    k: int
+    intents: list[str | None] | None
+    seen: list[list[int]] | None
+
+    def shape(self) -> tuple[int, bool, bool]:
+        """Jobs of one shape can share a model call with an answer identical to their own."""
+        return (self.k, self.intents is None, self.seen is None)
 
 
 def _pad_rows(rows: list[list[int]]) -> np.ndarray:
