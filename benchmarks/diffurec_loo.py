@@ -96,7 +96,7 @@ CAVEATS = {
                 "(bf16; ML-1M: 11 minutes beside 8 other jobs, 5-8 epochs), see the stop notes below. Trained to "
                 "convergence on the CPU (seed 0 of beauty: early stop at epoch 81, then patience 15 and a 10x "
                 "learning-rate decay), it reaches test HR@20 9.50-9.55 %, "
-                "still below the published 11.11 (benchmarks/README.md, training curves; benchmarks/experiments/diffurec/NOTES.md)",
+                "still below the published 11.11 (benchmarks/RESULTS.md, training curves; benchmarks/experiments/diffurec/NOTES.md)",
     "diffurecsys-xattn": "as diffurec; without offset noise two of three seeds were slow to start (validation "
                          "HR@20 below 3 % for ten epochs, still rising at the budget)",
     "diffurecsys-xattn-offset": "as diffurec; seed 0 of beauty continued on the CPU to epoch 56 reaches 9.06 %, "

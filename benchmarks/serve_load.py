@@ -71,17 +71,40 @@ def train_synthetic_runs(out: Path, seed: int = 0) -> list[Path]:
     return runs
 
 
+def large_catalog_dataset(n_items: int, n_users: int = 2000, length: int = 12, seed: int = 0) -> Any:
+    """A leave-one-out dataset whose catalog has ``n_items`` items (most never interacted with): each user's
+    sequence walks a random neighbourhood of the catalog with Zipf-like item popularity. (The HMM
+    generator of ``dreamrec.data.synthetic`` keeps dense [topics, items] matrices: not for 1M items.)"""
+    sys.path.insert(0, str(SRC))
+    import pandas as pd
+
+    from dreamrec.data.dataset import PreparedDataset, SampleRows, Sequences, pad_left
+
+    rng = np.random.default_rng(seed)
+    popular = 1 + rng.permutation(n_items)[: max(1000, n_items // 100)]  # the 1 % the users touch
+    weights = 1.0 / np.arange(1, len(popular) + 1) ** 0.8
+    seqs = [rng.choice(popular, size=length, p=weights / weights.sum()) for _ in range(n_users)]
+    users = np.arange(n_users)
+
+    def rows(cut: int) -> SampleRows:
+        return SampleRows(pad_left([s[: len(s) - cut] for s in seqs], 20),
+                          np.array([s[len(s) - cut] for s in seqs]), users)
+
+    return PreparedDataset(item_ids=pd.Series(np.arange(1, n_items + 1), name="item_id"),
+                           train=Sequences.from_lists([s[:-2] for s in seqs], users), val=rows(2), test=rows(1),
+                           max_len=20, protocol="loo", user_ids=pd.Series(users, name="user_id"),
+                           info={"source": f"serve_load.large_catalog_dataset(n_items={n_items}, seed={seed})"})
+
+
 def train_large_catalog_runs(out: Path, n_items: int, seed: int = 0, minutes: float = 2.0) -> list[Path]:
-    """SASRec (BCE, the paper's loss: no catalog-wide softmax) and DreamRec (DDPM T=500, the paper's
-    defaults otherwise) on synthetic data with an ``n_items`` catalog, trained for ``minutes`` each:
-    the catalog size is what this measures, not accuracy."""
+    """SASRec (BCE, the paper's loss: no catalog-wide softmax) and DreamRec (DDPM T=500 and the paper's
+    other defaults) on :func:`large_catalog_dataset`, trained for ``minutes`` each: the catalog size is
+    what this measures, not accuracy."""
     sys.path.insert(0, str(SRC))
     from dreamrec.config import RunConfig, TrainConfig
-    from dreamrec.data.synthetic import SyntheticConfig, generate
     from dreamrec.train.run import train_run
 
-    ds = generate(SyntheticConfig(n_users=3000, n_items=n_items, n_topics=200, min_len=5, max_len=20,
-                                  seed=seed)).dataset
+    ds = large_catalog_dataset(n_items, seed=seed)
     data_dir = ds.save(out / "data")
     runs = []
     for name, params in (("sasrec", {"hidden": 64, "n_layers": 2, "n_heads": 2, "loss": "bce", "n_negatives": 1}),
@@ -204,7 +227,8 @@ def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
            "Latencies are client-side on loopback (client and server share the machine). The load average",
            "at start is shown: above the core count, other jobs were running and the numbers are pessimistic.",
            ""]
-    serve = [json.loads(p.read_text()) for p in sorted((RESULTS / "serve").glob("*.json"))]
+    serve = [r for p in sorted((RESULTS / "serve").glob("*.json"))
+             if (r := json.loads(p.read_text())).get("benchmark") == "serve_load"]
     if serve:
         out += ["## HTTP load (POST /recommend, k=20)", "",
                 "Concurrent requests to one worker share model calls (`dreamrec.serve.coalesce`).", "",
@@ -221,6 +245,19 @@ def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
                            f"| {row['p99_ms']:.1f} | {r['date'][:10]} | {m['cpu']}, {m['cores']} cores, "
                            f"load {m['loadavg_at_start'][0]:.1f} |")
         out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in serve})), ""]
+    fuzz_path = RESULTS / "serve" / "schemathesis.json"
+    if fuzz_path.exists():
+        fz = json.loads(fuzz_path.read_text())
+        m = fz["machine"]
+        out += ["## API fuzzing: the schemathesis CLI with `--checks all` against every model's server", "",
+                f"{fz['schemathesis']}, {fz['max_examples']} examples per operation, seed {fz['seed']}, "
+                f"{fz['date'][:10]}, {m['cpu']}. Command: `{fz['command']}` (the runs `dreamrec demo` trains).", "",
+                "| model | exit code | phases: coverage / fuzzing (the examples phase has no examples to run) | test cases |", "|---|---:|---|---|"]
+        for r in fz["runs"]:
+            phases = " / ".join(s for s in r["summary"] if "generated" not in s)
+            cases = next((s for s in r["summary"] if "generated" in s), "")
+            out.append(f"| {r['model']} | {r['exit_code']} | {phases} | {cases} |")
+        out.append("")
     faiss_results = [json.loads(p.read_text()) for p in sorted((RESULTS / "faiss").glob("*.json"))]
     for r in faiss_results:
         c, e, f, m = r["catalog"], r["exact"], r["faiss"], r["machine"]

@@ -24,7 +24,7 @@ The options are those of the diffusion model: the encoder's shape, the chain (``
 classifier-free guidance (``p_uncond``, ``guidance_w``) and the sampler: ``ddpm`` over all ``T``
 steps (Algorithm 2, the default), ``ddim`` with ``sampler_steps`` and ``ddim_eta``, or ``onestep``
 (the DDIM-10 sampler was within 2 % of the best validation HR@20 on Zhihu at a fiftieth of the cost:
-``benchmarks/README.md``; ``set_sampler`` switches a trained model). The defaults are the authors'
+``benchmarks/RESULTS.md``; ``set_sampler`` switches a trained model). The defaults are the authors'
 (``T = 500``, the ``exp`` schedule, ``w = 2``, ``p_uncond = 0.1``, ``mlp1``, ``d = 64``: their README
 command for YooChoose; their argparse default is ``T = 200``). Noise comes from torch's global
 generator, which the evaluator seeds, so evaluation is deterministic.
