@@ -49,7 +49,7 @@ def test_parts_cover_every_row_once() -> None:
 
 def _train(data: Path, out: Path, nproc: int, *extra: str) -> str:
     args = ["train", "--model", "sasrec", "--data", str(data), "--out", str(out), "--no-progress",
-            *[f"--set={kv}" for kv in ("hidden=16", "n_layers=1", "n_heads=2", "dropout=0.0", "train.epochs=3",
+            *[f"--set={kv}" for kv in ("hidden=16", "n_layers=1", "n_heads=2", "dropout=0.0", "loss=ce", "train.epochs=3",
                                        "train.batch_size=32", "train.lr=0.005", "train.patience=10", "train.threads=1")],
             *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
@@ -66,7 +66,8 @@ def _train(data: Path, out: Path, nproc: int, *extra: str) -> str:
 
 
 def test_two_processes_train_the_model_one_process_trains(tmp_path: Path) -> None:
-    """Each rank trains on half of every batch and the gradients are averaged: without dropout the
+    """Each rank trains on half of every batch and the gradients are averaged: without dropout (and
+    with the full-softmax loss, which samples no negatives) the
     weights match a single process on the whole batches; the run directory is written once, by
     rank 0, and its test metrics count every test row."""
     data = rows_dataset().save(tmp_path / "data")

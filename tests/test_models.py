@@ -123,7 +123,7 @@ def _hand_ce(hidden: torch.Tensor, table: torch.Tensor, labels: torch.Tensor) ->
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_ce_loss_matches_hand_computation(name: str) -> None:
     torch.manual_seed(3)
-    model = build_model(name, 5, 4, SMALL[name])
+    model = build_model(name, 5, 4, {**SMALL[name], **({"loss": "ce"} if name == "sasrec" else {})})
     with torch.no_grad():  # fixed, non-trivial weights
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
@@ -145,7 +145,7 @@ def test_untied_sasrec_scores_with_its_own_output_table() -> None:
     """tie_items=false: the CE and the scores use the output table N, the encoder reads M; the loss
     matches the hand computation against N, and changing M's rows moves the query, not the keys."""
     torch.manual_seed(3)
-    model = build_model("sasrec", 5, 4, {**SMALL["sasrec"], "tie_items": False}).train()
+    model = build_model("sasrec", 5, 4, {**SMALL["sasrec"], "loss": "ce", "tie_items": False}).train()
     N, M = model.item_embeddings(), model.encoder.item_embedding.weight
     assert N.shape == M.shape and N.data_ptr() != M.data_ptr()
     h = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 4]])
@@ -159,6 +159,13 @@ def test_untied_sasrec_scores_with_its_own_output_table() -> None:
     torch.testing.assert_close(model.score(h), model.query(h) @ N[1:].T)
     with pytest.raises(Exception, match="tie_items=false is not supported by cl4srec"):
         build_model("cl4srec", 5, 4, {"hidden": 8, "tie_items": False})
+
+
+def test_sasrec_defaults_to_the_papers_bce_and_cl4srec_to_softmax() -> None:
+    """SASRec's paper trains with BCE and sampled negatives (Eq. 7); full-softmax CE is a variant.
+    CL4SRec's L_main is the full softmax."""
+    assert build_model("sasrec", 5, 4, SMALL["sasrec"]).config.loss == "bce"
+    assert build_model("cl4srec", 5, 4, {"hidden": 8}).config.loss == "ce"
 
 
 def test_bce_loss_uses_sampled_negatives() -> None:

@@ -35,6 +35,7 @@ from dreamrec.nn.losses import softmax_cross_entropy
 
 
 class CL4SRecConfig(SASRecConfig):
+    loss: Literal["ce", "bce"] = Field("ce", description="CL4SRec's next-item loss is the full softmax (Eq. 7's L_main)")
     crop_eta: float = Field(0.6, gt=0, le=1, description="eta: share of the sequence kept by crop")
     mask_gamma: float = Field(0.3, ge=0, le=1, description="gamma: share of items masked")
     reorder_beta: float = Field(0.6, ge=0, le=1, description="beta: share of the sequence reordered")

@@ -5,11 +5,12 @@ shared embedding ``N = M``), where ``F_t`` is the Transformer's output at positi
 
 Training (``batch_mode = "seq2seq"``) puts a label at every position of a window:
 
-* ``loss = "ce"``: full-softmax cross-entropy ``-log softmax_i(F_t . M)`` over all real items,
-  averaged over labelled positions (the now-common variant, e.g. Klenitskiy & Vasilev, 2023);
-* ``loss = "bce"``: the paper's binary cross-entropy (SASRec Eq. 7),
+* ``loss = "bce"`` (default): the paper's binary cross-entropy (SASRec Eq. 7),
   ``-[log sigma(r_{o_t,t}) + mean_j log(1 - sigma(r_{j,t}))]`` with ``n_negatives`` items drawn
-  uniformly from the other real items per labelled position (1:1 as in DreamRec's baselines).
+  uniformly from the other real items per labelled position (1:1, as in the paper and DreamRec's baselines);
+* ``loss = "ce"``: full-softmax cross-entropy ``-log softmax_i(F_t . M)`` over all real items,
+  averaged over labelled positions: not the paper's loss, the now-common variant (e.g. Klenitskiy &
+  Vasilev, 2023) and a stronger baseline (``configs/sasrec/<dataset>-ce*.yaml``).
 
 ``tie_items = False`` scores with a second table ``N`` (SASRec Eq. 6 as written, ``r_{i,t} = F_t . N_i``)
 instead of the input table ``M``; the paper's model ties them (``N = M``).
@@ -37,7 +38,7 @@ class SASRecConfig(ModelConfig):
     attn_dropout: float | None = Field(None, ge=0, lt=1, description="default: dropout")
     inner_size: int | None = Field(None, ge=1, description="feed-forward width; default 4 * hidden")
     activation: Literal["gelu", "relu"] = "gelu"
-    loss: Literal["ce", "bce"] = "ce"
+    loss: Literal["ce", "bce"] = Field("bce", description="bce: the paper's Eq. 7; ce: full-softmax (a variant)")
     n_negatives: int = Field(1, ge=1, description="negatives per positive for loss=bce")
     init_std: float = Field(0.02, gt=0)
     trim_padding: TrimPadding = Field("auto", description=TRIM_PADDING_HELP)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
+@torch.compiler.disable  # drawn eagerly: torch.compile cannot trace randint over a dynamic shape
 def sample_negatives(positives: torch.Tensor, n_items: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``[N, k]`` items drawn uniformly from ``{1..n_items} \\ {positive}`` (with replacement)."""
     if n_items < 2:
