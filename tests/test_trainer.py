@@ -84,6 +84,25 @@ def test_popularity_is_far_lower(dataset: PreparedDataset, tmp_path: Path) -> No
     assert fresh.counts.sum() == len(dataset.train.items)
 
 
+def test_exclude_seen_evaluates_without_history_items(tmp_path: Path, small_synthetic) -> None:
+    """train.exclude_seen (DiffRec's protocol): validation and test rank without each row's history items,
+    the same numbers as evaluate(..., exclude_seen=True); the default ranks every item."""
+    from dreamrec.config import RunConfig
+    from dreamrec.eval.evaluate import evaluate
+    from dreamrec.train.run import load_run, train_run
+
+    ds = small_synthetic.dataset
+    got = {}
+    for flag in (False, True):
+        cfg = RunConfig(model="popularity", train=TrainConfig(epochs=1, exclude_seen=flag))
+        got[flag] = train_run(cfg, ds.save(tmp_path / f"d{flag}"), tmp_path / f"r{flag}", progress=False, log=None,
+                              dataset=ds)
+        model = load_run(tmp_path / f"r{flag}").model
+        want = evaluate(model, ds.test, exclude_seen=flag, seed=cfg.train.seed)
+        assert got[flag]["test"]["HR@20"] == pytest.approx(want["HR@20"])
+    assert got[True]["test"]["HR@20"] != got[False]["test"]["HR@20"]  # the repeated items of the data do matter
+
+
 def _is_safetensors(path: Path) -> bool:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])

@@ -112,7 +112,9 @@ def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, out: Path,
             if (run_dir / "metrics.json").exists():
                 resolved, _ = resolve(cfg, dataset)
                 have = yaml.safe_load((run_dir / "config.yaml").read_text())
-                if _comparable(have) != _comparable(resolved.model_dump(mode="json")):
+                # settings added since that run was written take their defaults there, as they did in the run
+                have_full = resolve(RunConfig(**have), dataset)[0].model_dump(mode="json")
+                if _comparable(have_full) != _comparable(resolved.model_dump(mode="json")):
                     raise ArtifactError(f"{run_dir}: holds a finished run of another config than row {row.name!r} "
                                         f"now asks for; use another --out (or remove that run)")
                 status = "reuse"

@@ -48,6 +48,9 @@ class TrainConfig(_Strict):
     lr_decay_gamma: float = Field(0.1, gt=0, le=1, description="the factor of each lr_decay_step decay")
     patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
     val_metric: str = "NDCG@20"
+    exclude_seen: bool = Field(
+        False, description="validation and test rank without the items of each row's history (DiffRec's protocol); "
+        "the default ranks every item, as the other papers here")
     eval_every: int = Field(1, ge=1)
     eval_offset: int = Field(
         0, ge=0, description="validate after the epochs e > eval_offset with (e - eval_offset) % eval_every == 0 (and "

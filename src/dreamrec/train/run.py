@@ -150,7 +150,7 @@ def train_run(
     t1 = time.perf_counter()
     test = distributed.evaluate_sharded(
         model, dataset.test, env, ks=DEFAULT_KS, batch_size=config.train.eval_batch_size, device=device,
-        seed=config.train.seed,
+        seed=config.train.seed, exclude_seen=config.train.exclude_seen,
     )
     metrics = {"best_epoch": result.best_epoch, "val": result.best_val, "test": test,
                "epochs_trained": result.history[-1]["epoch"] if result.history else 0,

@@ -289,7 +289,7 @@ def train(
         try:
             return distributed.evaluate_sharded(
                 model, dataset.val, env, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
-                seed=config.seed,
+                exclude_seen=config.exclude_seen, seed=config.seed,
             )
         finally:
             if own is not None:
@@ -305,7 +305,7 @@ def train(
     if model.batch_mode != "none" and config.health_checks:
         popularity = popularity_reference(dataset, lambda m: distributed.evaluate_sharded(
             m, dataset.val, env, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
-            seed=config.seed))
+            exclude_seen=config.exclude_seen, seed=config.seed))
         say(f"popularity's validation {config.val_metric}: {popularity[config.val_metric]:.4f} (the reference)")
 
     if model.batch_mode == "none":
