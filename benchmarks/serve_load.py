@@ -125,6 +125,20 @@ def _run_model(run_dir: Path) -> tuple[str, bool]:
     return cfg["model"], "sampler" in (cfg.get("params") or {})
 
 
+def sampler_label(run_dir: Path, sampler: str | None, steps: int | None) -> str:
+    """The sampler a diffusion run is served with (``ddim-10``, ``ddpm-500``, ``onestep``); ``-`` for others."""
+    import yaml
+
+    params = yaml.safe_load((run_dir / "config.yaml").read_text()).get("params") or {}
+    if "sampler" not in params:
+        return "-"
+    name = sampler or params["sampler"]
+    if name == "onestep":
+        return name
+    n = steps or params.get("sampler_steps") or (params.get("timesteps") if name == "ddpm" else None)
+    return f"{name}-{n}" if n else name
+
+
 def _start_server(run_dir: Path, port: int, args: argparse.Namespace, workers: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("OMP_NUM_THREADS", None)  # the server's defaults (dreamrec.threads) unless --threads
@@ -212,8 +226,7 @@ def bench_run(run_dir: Path, args: argparse.Namespace, workers: int) -> dict[str
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    sampled = _run_model(run_dir)[1]
-    sampler = ((args.sampler or "run's") + (f"-{args.steps}" if args.steps else "")) if sampled else "-"
+    sampler = sampler_label(run_dir, args.sampler, args.steps)
     return {"model": health["model"], "n_items": health["n_items"], "max_len": health["max_len"],
             "run_dir": str(run_dir), "workers": workers, "index": args.index, "sampler": sampler,
             "startup_seconds": startup, "rows": rows}
@@ -327,7 +340,8 @@ def main() -> None:
             if not args.runs:
                 result["run_dir"] = "synthetic (trained by the script)"
             args.out_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{result['model']}-{result['n_items']}-{args.index}-w{workers}"
+            parts = [result["model"], str(result["n_items"]), args.index, result["sampler"], f"w{workers}"]
+            name = "-".join(p for p in parts if p != "-")
             (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             print(name, json.dumps([{k: round(v, 1) for k, v in row.items()} for row in result["rows"]]), flush=True)
     write_serving_md()
