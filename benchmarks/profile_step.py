@@ -32,7 +32,7 @@ from dreamrec.config import apply_overrides, build_run_config, load_yaml  # noqa
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.train.run import resolve  # noqa: E402
-from dreamrec.train.trainer import autocast, batches, make_optimizer, seed_everything  # noqa: E402
+from dreamrec.train.trainer import autocast, batches, make_optimizer, seed_everything, train_step  # noqa: E402
 
 PHASES = ("batch", "forward (loss)", "backward", "clip", "optimizer", "loss.item")
 
@@ -83,15 +83,7 @@ def operator_table(model: Any, ds: PreparedDataset, cfg: Any, steps: int, top: i
     it = _batches(model, ds, cfg, np.random.default_rng(1))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            batch = next(it).to(device)
-            with autocast(cfg.train, device):
-                loss = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            loss.item()
+            train_step(model, next(it).to(device), opt, cfg.train, device)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     return [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,

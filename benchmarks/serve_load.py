@@ -117,14 +117,6 @@ def train_large_catalog_runs(out: Path, n_items: int, seed: int = 0, minutes: fl
     return runs
 
 
-def _run_model(run_dir: Path) -> tuple[str, bool]:
-    """(model name, whether it has a diffusion sampler) from the run's config."""
-    import yaml
-
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return cfg["model"], "sampler" in (cfg.get("params") or {})
-
-
 def sampler_label(run_dir: Path, sampler: str | None, steps: int | None) -> str:
     """The sampler a diffusion run is served with (``ddim-10``, ``ddpm-500``, ``onestep``); ``-`` for others."""
     import yaml
@@ -146,7 +138,7 @@ def _start_server(run_dir: Path, port: int, args: argparse.Namespace, workers: i
            "--index", args.index, "--log-level", "warning"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    if _run_model(run_dir)[1]:
+    if sampler_label(run_dir, None, None) != "-":  # a diffusion run
         cmd += (["--sampler", args.sampler] if args.sampler else []) + (["--steps", str(args.steps)] if args.steps else [])
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -27,6 +27,7 @@ from dreamrec.data.dataset import PreparedDataset
 from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.report import command_line, machine
 from dreamrec.models.memory import check_model_memory
+from dreamrec.train.resume import resolved_params
 from dreamrec.train.run import resolve, train_run
 
 
@@ -113,7 +114,8 @@ def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, out: Path,
                 resolved, _ = resolve(cfg, dataset)
                 have = yaml.safe_load((run_dir / "config.yaml").read_text())
                 # settings added since that run was written take their defaults there, as they did in the run
-                have_full = resolve(RunConfig(**have), dataset)[0].model_dump(mode="json")
+                have_cfg = RunConfig(**have)
+                have_full = {**have_cfg.model_dump(mode="json"), "params": resolved_params(have_cfg)}
                 if _comparable(have_full) != _comparable(resolved.model_dump(mode="json")):
                     raise ArtifactError(f"{run_dir}: holds a finished run of another config than row {row.name!r} "
                                         f"now asks for; use another --out (or remove that run)")

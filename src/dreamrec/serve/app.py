@@ -47,7 +47,6 @@ MAX_BATCH = 256  # histories per /recommend/batch request
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 
 
-
 def _json_integer(v: Any) -> Any:
     """A JSON Schema integer: an int, or a float with no fraction (``3.0``); never a boolean or a string."""
     if isinstance(v, bool):
@@ -85,7 +84,7 @@ class RecommendRequest(_Body):
     k: JsonInt = Field(20, ge=1, le=MAX_K, description="Number of items; capped at the catalog size.")
     intent: Optional[str] = Field(None, description="Intention text (intent-aware models only).")
     exclude_seen: StrictBool = Field(False, description="Never return items of the history.")
-    strict: StrictBool = Field(False, description="422 on unknown item ids instead of ignoring them.")
+    strict: StrictBool = Field(False, description="404 on unknown item ids instead of ignoring them.")
 
 
 class RecommendRequestNoIntent(RecommendRequest):

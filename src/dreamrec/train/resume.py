@@ -34,7 +34,7 @@ FREE = frozenset({"epochs", "patience", "max_minutes", "threads", "device", "pre
 SCHEDULE = frozenset({"lr", "lr_decay_step", "lr_decay_gamma"})
 
 
-def _params(config: RunConfig) -> dict[str, Any]:
+def resolved_params(config: RunConfig) -> dict[str, Any]:
     """The model's parameters with every default filled in (an older config.yaml may lack newer fields)."""
     try:
         return get_model_class(config.model).Config(**config.params).model_dump(mode="json")
@@ -60,7 +60,7 @@ def resume_changes(old: RunConfig, new: RunConfig, trained_epochs: int, where: s
     if old.model != new.model:
         refused.append(f"model: {old.model!r} -> {new.model!r}")
     else:
-        a, b = _params(old), _params(new)
+        a, b = resolved_params(old), resolved_params(new)
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 refused.append(f"params.{k}: {a.get(k)!r} -> {b.get(k)!r}")
