@@ -19,6 +19,9 @@ For each model (built from its config, initial weights: speed does not depend on
 thread count, before ours (``official_dreamrec.py``), and the speed-up ratios divide by what it measured; without
 it no ratio to the authors' code is reported.
 
+``--guard`` is the quick regression check (under a minute, one thread, synthetic data, DDIM-10): its committed
+``results/timing/guard.json`` shows a slowdown in review, and each run prints the change against it.
+
 Writes ``benchmarks/results/timing/{dataset}.json`` and ``benchmarks/TIMING.md`` (``--quick``:
 synthetic data, written to runs/quick/timing). Configs: ``configs/dreamrec/zhihu.yaml`` and
 ``configs/sasrec/zhihu-ce.yaml`` unless ``--config MODEL=PATH``.
@@ -148,9 +151,20 @@ def main() -> None:
                     help="plain checkout of YangZhengyi98/DreamRec: run it in this invocation for the speed-up ratios")
     ap.add_argument("--official-epochs", type=int, default=3, help=">= 10 also times the authors' validation pass")
     ap.add_argument("--quick", action="store_true", help="synthetic data, few batches, written to runs/quick/timing")
+    ap.add_argument("--guard", action="store_true",
+                    help="the regression guard (under a minute): synthetic data, one thread, DDIM-10; writes the "
+                    "committed results/timing/guard.{json,md} and prints the change against the committed one")
     args = ap.parse_args()
     overrides = [f"train.device={args.device}", *args.overrides]
-    if args.quick:
+    previous = None
+    if args.guard:
+        dataset, data_dir = "guard", quick_data(QUICK_DIR)
+        args.md = args.out / "guard.md"
+        args.batches, args.warmup, args.repeat, args.threads = 30, 5, 3, 1
+        args.samplers = ["ddim:10"]
+        if (args.out / "guard.json").exists():
+            previous = json.loads((args.out / "guard.json").read_text())
+    elif args.quick:
         dataset, data_dir = "synthetic", quick_data(QUICK_DIR)
         args.out, args.md = QUICK_DIR / "timing", QUICK_DIR / "timing" / "TIMING.md"
         args.batches, args.warmup, args.repeat = min(args.batches, 10), min(args.warmup, 2), 1
@@ -217,7 +231,24 @@ def main() -> None:
     path.write_text(json.dumps(rec, indent=2))
     args.md.write_text(markdown(rec))
     print(markdown(rec))
+    if previous is not None:
+        print(guard_change(previous, rec))
     print("wrote", path, args.md)
+
+
+def guard_change(previous: dict[str, Any], rec: dict[str, Any]) -> str:
+    """Each row's training and evaluation rate against the committed guard (negative: slower)."""
+    old = {(r["model"], r.get("sampler")): r for r in previous["rows"]}
+    lines = [f"change against the committed guard of {previous['date']}:"]
+    for r in rec["rows"]:
+        o = old.get((r["model"], r.get("sampler")))
+        if o is None:
+            continue
+        tr = r["train"]["samples_per_s"] / o["train"]["samples_per_s"] - 1
+        ev = r["eval"]["seq_per_s"] / o["eval"]["seq_per_s"] - 1
+        flag = "  <- slower by more than 15 %" if min(tr, ev) < -0.15 else ""
+        lines.append(f"  {r['model']:9s} {r.get('sampler') or '':24s} train {tr:+.0%}  eval {ev:+.0%}{flag}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
