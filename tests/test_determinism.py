@@ -193,3 +193,17 @@ def test_evaluate_ranks_equal_ranks_of_independent_recommendations(served):
             ranks.append(items.index(ds.to_original(np.array([target]))[0]))
         want = metrics_from_ranks(np.asarray(ranks))
         assert {k: got[k] for k in want} == pytest.approx(want)
+
+
+def test_seeded_rng_seeds_the_cpu_generator_and_restores_it():
+    """Inside: the draws of ``torch.manual_seed(seed)``; after: the global stream goes on as if untouched."""
+    from dreamrec.eval.evaluate import seeded_rng
+
+    torch.manual_seed(3)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with seeded_rng(3):
+        got = torch.rand(4)
+    assert torch.equal(got, want)
+    assert torch.equal(torch.get_rng_state(), before)
