@@ -39,6 +39,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dreamrec import __version__
+from dreamrec.serve.async_batch import RequestBatcher
 from dreamrec.serve.metrics import ServerMetrics
 from dreamrec.serve.recommender import Recommender, RequestError, UnknownItemsError
 
@@ -286,11 +287,11 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
     one_body = RecommendRequest if recommender.supports_intent else RecommendRequestNoIntent
     batch_body = IntentBatchRequest if recommender.supports_intent else BatchRequest
 
-    def recommend(req: RecommendRequest) -> dict[str, Any]:
+    batcher = RequestBatcher(recommender)
+
+    async def recommend(req: RecommendRequest) -> dict[str, Any]:
         """Top-k items (original ids) with scores for one history."""
-        r = recommender.recommend(req.history, k=req.k, intent=req.intent, exclude_seen=req.exclude_seen,
-                                  strict=req.strict)
-        return r.to_dict()
+        return await batcher.submit(req)  # concurrent requests share one model call (serve.async_batch)
 
     def recommend_batch(req: BatchRequest) -> dict[str, Any]:
         """Top-k items for up to MAX_BATCH histories in one model call."""
