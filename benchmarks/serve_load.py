@@ -236,7 +236,7 @@ def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
              if (r := json.loads(p.read_text())).get("benchmark") == "serve_load"]
     if serve:
         out += ["## HTTP load (POST /recommend, k=20)", "",
-                "Concurrent requests to one worker share model calls (`dreamrec.serve.coalesce`).", "",
+                "Concurrent requests to one worker share model calls (`dreamrec.serve.async_batch`).", "",
                 "| model | items | index | sampler | workers | concurrency | requests | errors | req/s | p50 ms "
                 "| p95 ms | p99 ms | date | machine |",
                 "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
