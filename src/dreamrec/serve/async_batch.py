@@ -26,6 +26,7 @@ class RequestBatcher:
         self.max_rows = max_rows
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._draining = False
+        self._drain_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dreamrec-model")
 
     @staticmethod
@@ -39,7 +40,7 @@ class RequestBatcher:
         self._pending.append((req, future))
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._drain_task = loop.create_task(self._drain())  # kept: the loop holds tasks only weakly
         return await future
 
     def _answer(self, reqs: list[Any]) -> list[dict[str, Any]]:
