@@ -15,6 +15,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dreamrec.serve.coalesce import run_isolated, take_group
 from dreamrec.serve.recommender import Recommender
 
 
@@ -25,12 +26,12 @@ class RequestBatcher:
         self.recommender = recommender
         self.max_rows = max_rows
         self._pending: list[tuple[Any, asyncio.Future]] = []
-        self._draining = False
-        self._drain_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task | None = None  # kept: the loop holds tasks only weakly
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dreamrec-model")
 
     @staticmethod
-    def _key(req: Any) -> tuple:
+    def _key(item: tuple[Any, asyncio.Future]) -> tuple:
+        req = item[0]
         return req.k, req.exclude_seen, req.strict, req.intent is None
 
     async def submit(self, req: Any) -> dict[str, Any]:
@@ -38,9 +39,8 @@ class RequestBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((req, future))
-        if not self._draining:
-            self._draining = True
-            self._drain_task = loop.create_task(self._drain())  # kept: the loop holds tasks only weakly
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = loop.create_task(self._drain())
         return await future
 
     def _answer(self, reqs: list[Any]) -> list[dict[str, Any]]:
@@ -52,29 +52,13 @@ class RequestBatcher:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                key = self._key(self._pending[0][0])
-                group, rest = [], []
-                for item in self._pending:
-                    (group if self._key(item[0]) == key and len(group) < self.max_rows else rest).append(item)
-                self._pending = rest
-                try:
-                    bodies = await loop.run_in_executor(self._executor, self._answer, [r for r, _ in group])
-                    outcomes: list[tuple[Any, BaseException | None]] = [(b, None) for b in bodies]
-                except Exception:  # noqa: BLE001 - answer each request alone: its own error, or its answer
-                    outcomes = []
-                    for req, _ in group:
-                        try:
-                            outcomes.append(((await loop.run_in_executor(self._executor, self._answer, [req]))[0], None))
-                        except Exception as err:  # noqa: BLE001 - delivered to that request's handler
-                            outcomes.append((None, err))
-                for (_, future), (body, err) in zip(group, outcomes):
-                    if future.done():  # the client went away
-                        continue
-                    if err is None:
-                        future.set_result(body)
-                    else:
-                        future.set_exception(err)
-        finally:
-            self._draining = False
+        while self._pending:
+            group, self._pending = take_group(self._pending, self._key, lambda _: 1, self.max_rows)
+            outcomes = await loop.run_in_executor(self._executor, run_isolated, self._answer, [r for r, _ in group])
+            for (_, future), (body, error) in zip(group, outcomes):
+                if future.done():  # the client went away
+                    continue
+                if error is None:
+                    future.set_result(body)
+                else:
+                    future.set_exception(error)

@@ -24,6 +24,44 @@ J = TypeVar("J")
 R = TypeVar("R")
 
 
+T = TypeVar("T")
+
+
+def take_group(pending: Sequence[T], key: Callable[[T], Hashable], size: Callable[[T], int],
+               max_size: int) -> tuple[list[T], list[T]]:
+    """Split ``pending`` (oldest first) into the group that runs next and the rest, both in order: the oldest
+    item and the later ones of its key, taken in order while their total ``size`` stays within ``max_size``
+    (always at least one)."""
+    first = key(pending[0])
+    group: list[T] = []
+    rest: list[T] = []
+    total, full = 0, False
+    for item in pending:
+        if not full and key(item) == first:
+            total += size(item)
+            full = bool(group) and total > max_size
+            if not full:
+                group.append(item)
+                continue
+        rest.append(item)
+    return group, rest
+
+
+def run_isolated(run_many: Callable[[list[J]], Sequence[R]],
+                 jobs: list[J]) -> list[tuple[R | None, BaseException | None]]:
+    """``run_many(jobs)`` as one call, as ``(result, None)`` per job; if that call raises, each job is run
+    alone, so an error, ``(None, error)``, reaches only the job that raises it."""
+    try:
+        results = list(run_many(jobs))
+        if len(results) != len(jobs):
+            raise RuntimeError(f"run_many returned {len(results)} results for {len(jobs)} jobs")
+    except Exception as error:  # noqa: BLE001 - attributed to the job(s) that raise it
+        if len(jobs) == 1:
+            return [(None, error)]
+        return [run_isolated(run_many, [job])[0] for job in jobs]
+    return [(r, None) for r in results]
+
+
 class _Slot(Generic[J]):
     __slots__ = ("job", "done", "lead", "result", "error")
 
@@ -72,18 +110,9 @@ class Coalescer(Generic[J, R]):
         return slot.result
 
     def _lead(self, own: _Slot[J]) -> None:
-        with self._mutex:
-            first_key = self._key(own.job)
-            batch, total = [], 0
-            for s in self._pending:  # own is the oldest pending job, so it is taken first
-                if self._key(s.job) != first_key:
-                    continue
-                total += self._size(s.job)
-                if batch and total > self.max_size:
-                    break
-                batch.append(s)
-            taken = {id(s) for s in batch}
-            self._pending = [s for s in self._pending if id(s) not in taken]
+        with self._mutex:  # own is the oldest pending job, so it is taken first
+            batch, self._pending = take_group(self._pending, lambda s: self._key(s.job),
+                                              lambda s: self._size(s.job), self.max_size)
         try:
             self._run(batch)
         finally:
@@ -96,22 +125,15 @@ class Coalescer(Generic[J, R]):
                     self._busy = False
 
     def _run(self, batch: list[_Slot[J]]) -> None:
-        try:
-            results = list(self._run_many([s.job for s in batch]))
-            if len(results) != len(batch):
-                raise RuntimeError(f"run_many returned {len(results)} results for {len(batch)} jobs")
-            self.calls += 1
-        except Exception as error:
-            if len(batch) == 1:
-                batch[0].error = error
-                self._finish(batch[0])
-                return
-            for s in batch:  # attribute the error to the job(s) that raise it
-                self._run([s])
-            return
-        for s, r in zip(batch, results):
-            s.result = r
+        for s, (result, error) in zip(batch, run_isolated(self._counted, [s.job for s in batch])):
+            s.result, s.error = result, error
             self._finish(s)
+
+    def _counted(self, jobs: list[J]) -> Sequence[R]:
+        results = list(self._run_many(jobs))
+        if len(results) == len(jobs):
+            self.calls += 1  # a call that answered every job
+        return results
 
     def _finish(self, s: _Slot[J]) -> None:
         self.jobs += 1
