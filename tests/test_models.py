@@ -412,3 +412,26 @@ def test_trim_padding_auto_needs_the_cpu_and_a_large_batch() -> None:
     assert calls == [8]
     enc(h)
     assert calls == [8, 1]
+
+
+def test_dropout_is_one_multiply_equal_to_mask_scale_keep() -> None:
+    """The one-multiply dropout gives bitwise the values and gradients of ``x * (u >= p) / (1 - p) * keep``
+    for the same uniform draws; in eval mode it only applies ``keep``."""
+    from dreamrec.nn.dropout import Dropout
+
+    p = 0.3
+    drop = Dropout(p).train()
+    x = torch.randn(4, 5, 6, requires_grad=True)
+    keep = (torch.rand(4, 5, 1) > 0.3).float()
+    g = torch.randn(4, 5, 6)
+    torch.manual_seed(7)
+    y = drop(x, keep=keep)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.manual_seed(7)
+    u = torch.rand_like(x)
+    ref = x * (u >= p).float() * (1.0 / (1.0 - p)) * keep
+    (gref,) = torch.autograd.grad(ref, x, g)
+    assert torch.equal(y, ref) and torch.equal(gx, gref)
+    assert 0 < float((y == 0).float().mean()) < 1
+    drop.eval()
+    assert torch.equal(drop(x, keep=keep), x * keep) and drop(x) is x

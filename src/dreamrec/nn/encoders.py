@@ -311,7 +311,7 @@ class TransformerEncoder(nn.Module):
             item_vectors = self.item_embedding(history)
         # SASRec Eq. (1): E = item embedding + learned positional embedding
         x = item_vectors + self.position_embedding(positions)[None]
-        return self.emb_dropout(self.emb_norm(x)) * valid, valid, attention_mask(history)
+        return self.emb_dropout(self.emb_norm(x), keep=valid), valid, attention_mask(history)
 
     def forward(self, history: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` history -> ``[B, L, hidden]`` states (``empty_state`` at padded positions).
