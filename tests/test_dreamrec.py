@@ -97,14 +97,17 @@ def test_loss_decreases() -> None:
     assert stats["item_norm"] > 0 and "item_norm_std" in stats
 
 
-def test_generation_is_one_guided_call_per_step_and_seeded() -> None:
-    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0})
+@pytest.mark.parametrize("denoiser,rows", [("mlp1", 6), ("mlp2", 12)])
+def test_generation_is_one_guided_call_per_step_and_seeded(denoiser: str, rows: int) -> None:
+    """One network call per step: on 2B rows ([c; ∅]), or on B rows for the affine mlp1, whose guided
+    prediction is the network with the condition projection (1 + w) W_c c - w W_c ∅."""
+    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0, "denoiser": denoiser})
     model.eval()
     sizes: list[int] = []
     model.denoiser.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[0]))
     h = histories()
     a = model.score(h)
-    assert sizes == [12] * 20  # all T = 20 steps (Algorithm 2), each one call on 2B rows
+    assert sizes == [rows] * 20  # all T = 20 steps (Algorithm 2)
     torch.manual_seed(5)
     b = model.score(h)
     torch.manual_seed(5)
@@ -871,3 +874,17 @@ def test_a_run_saved_before_the_split_names_its_new_model(tmp_path: Path) -> Non
         build_model("dreamrec", 30, 8, recipe)
     with pytest.raises(ConfigError, match="target_grad.*dreamrec-ablation"):
         build_model("dreamrec", 30, 8, {**SMALL, "target_grad": False})
+
+
+def test_affine_guidance_equals_the_two_branch_mix() -> None:
+    """For mlp1, ``f(x, t, c, c_proj=(1 + w) W_c c - w W_c ∅)`` is Eq. 15's ``(1 + w) f(x, c) - w f(x, ∅)``."""
+    from dreamrec.diffusion.guidance import guided_prediction
+
+    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 3.0})
+    f, w = model.denoiser, 3.0
+    assert f.affine_in_condition
+    c, x, t = torch.randn(5, 16), torch.randn(5, 16), torch.tensor([7])
+    fused = f(x, t, c, c_proj=(1 + w) * f.project_condition(c) - w * f.project_condition(model.null_condition))
+    torch.testing.assert_close(fused, guided_prediction(f, x, t, c, model.null_condition, w))
+    mlp2 = build_model("dreamrec", 30, 8, {**SMALL, "denoiser": "mlp2"}).denoiser
+    assert not mlp2.affine_in_condition

@@ -17,7 +17,7 @@ models of :mod:`dreamrec.models.dreamrec_variants`.
   (Eq. 3) and the x0-loss ``|| x_0 - f(x_t, c, t) ||^2`` (Eq. 14) with NO negative sampling.
 * generation (Algorithm 2): ``x_T ~ N(0, I)``, then the reverse process over all ``T`` steps with
   the guided prediction ``(1 + w) f(x_t, c, t) - w f(x_t, ∅, t)`` (Eq. 15) from one batched call on
-  ``2B`` rows per step; the generated ``x_0`` is the query, and ``score = x_0 E[1:]^T``.
+  ``2B`` rows per step, or on ``B`` rows for ``mlp1``, which is affine in ``c`` (:func:`guided_model_fn`); the generated ``x_0`` is the query, and ``score = x_0 E[1:]^T``.
 
 The options are those of the diffusion model: the encoder's shape, the chain (``timesteps``,
 ``beta_schedule``), the denoiser ``f`` (``mlp1`` as the authors' README commands, ``mlp2``), the
@@ -36,6 +36,7 @@ mean pairwise cosine of the items.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import ClassVar, Literal
 
@@ -98,6 +99,31 @@ def history_mean(history: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     real = (history > 0).unsqueeze(-1).to(vectors.dtype)
     sums = (vectors * real).cumsum(dim=1)
     return sums / real.cumsum(dim=1).clamp_min(1.0)
+
+
+def _call_with_condition(denoiser: Callable[..., torch.Tensor], c: torch.Tensor, x_t: torch.Tensor,
+                         t: torch.Tensor) -> torch.Tensor:
+    """``denoiser(x_t, t, c)``: a sampler's ``model_fn(x_t, t)`` for a fixed condition."""
+    return denoiser(x_t, t, c)
+
+
+def guided_model_fn(
+    f: MLPDenoiser, c: torch.Tensor, null_c: torch.Tensor, w: float, **fixed: torch.Tensor | float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model_fn(x_t, t)`` for :func:`~dreamrec.diffusion.sample`: Eq. 15's guided prediction
+    ``(1 + w) f(x_t, c, t) - w f(x_t, ∅, t)`` of the denoiser ``f`` for fixed conditions ``c`` [B, ...];
+    ``fixed``: further keyword arguments of every call of ``f``.
+
+    The condition's share ``W_c c`` of the first layer does not change between steps: it is computed once.
+    When ``f`` is affine in its condition (``mlp1``: ``f.affine_in_condition``), Eq. 15 IS ``f`` with the
+    condition projection ``(1 + w) W_c c - w W_c ∅``, so each step is one call on ``B`` rows (equal to the
+    two-branch mix up to float rounding); otherwise each step is one call on the ``2B`` rows ``[c; ∅]``."""
+    if getattr(f, "affine_in_condition", False) and w != 0 and not fixed:
+        c_proj = (1 + w) * f.project_condition(c) - w * f.project_condition(null_c.to(c.dtype))
+        return partial(_call_with_condition, partial(f, c_proj=c_proj), c)
+    model_fn = ClassifierFreeGuidance(f, c, null_c, w)
+    model_fn.denoiser = partial(f, c_proj=f.project_condition(model_fn.condition), **fixed)
+    return model_fn
 
 
 class DreamRec(SequentialRecommender):
@@ -207,9 +233,7 @@ class DreamRec(SequentialRecommender):
         """The oracle items ``e_n^0`` [B, d] generated for each history: ``x_T ~ N(0, I)``, then the
         scheduler's reverse steps with the guided prediction of Eq. 15."""
         c = self.guidance(history[:, -self.max_len :])
-        model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null_condition, self.config.guidance_w)
-        # the condition's share of the first layer is the same at every step: compute it once
-        model_fn.denoiser = partial(self.denoiser, c_proj=self.denoiser.project_condition(model_fn.condition))
+        model_fn = guided_model_fn(self.denoiser, c, self.null_condition, self.config.guidance_w)
         return sample(model_fn, self.scheduler, (c.shape[0], self.config.hidden), device=c.device, dtype=c.dtype)
 
     def set_sampler(

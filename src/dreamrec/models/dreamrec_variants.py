@@ -53,7 +53,7 @@ from dreamrec.diffusion import ClassifierFreeGuidance, drop_condition, sample
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, switch_sampler
-from dreamrec.models.dreamrec import DreamRec, DreamRecConfig, history_mean
+from dreamrec.models.dreamrec import DreamRec, DreamRecConfig, guided_model_fn, history_mean
 from dreamrec.models.sasrec import labelled_positions
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser, SelfConditioned
 from dreamrec.nn.encoders import item_table
@@ -270,14 +270,15 @@ class DreamRecAblation(DreamRec):
             x_T = self._fixed_noise_rows(draws, B, c.dtype)
         if draws > 1:
             c = c.repeat(draws, 1)
-        model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null(), self.config.guidance_w)
-        fixed: dict[str, torch.Tensor | float] = {"c_proj": self.denoiser.project_condition(model_fn.condition)}
+        fixed: dict[str, torch.Tensor | float] = {}
         if self.config.correction_scale != 1.0:  # passed only when set: s = 1 is the plain denoiser call
             fixed["correction_scale"] = self.config.correction_scale
         if self.config.self_condition:
+            model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null(), self.config.guidance_w)
+            fixed["c_proj"] = self.denoiser.project_condition(model_fn.condition)
             model_fn.denoiser = SelfConditioned(self.denoiser, **fixed)
         else:
-            model_fn.denoiser = partial(self.denoiser, **fixed)
+            model_fn = guided_model_fn(self.denoiser, c, self.null(), self.config.guidance_w, **fixed)
         shape = (c.shape[0], self.config.hidden)  # x_t is one item embedding, whatever the condition's width
         return sample(model_fn, self.scheduler, shape, device=c.device, dtype=c.dtype, x_T=x_T)
 
