@@ -68,11 +68,12 @@ def gem_only(data: Path, config: Path, overrides: list[str], epochs: int) -> Non
     seed_everything(cfg.train.seed)
     opt = make_optimizer(model, cfg.train)
     rng = np.random.default_rng(cfg.train.seed)
+    C = cooccurrence(ds, model.n_items)  # the count model does not change between epochs
     for epoch in range(1, epochs + 1):
         model.train()
         losses = [train_step(model, b, opt, cfg.train, torch.device("cpu"))
                   for b in batches(model, ds, cfg.train.batch_size, cfg.train.max_len, rng)[0]]
-        val, train = diagnose_model(model, ds, "val"), diagnose_model(model, ds, "train")
+        val, train = diagnose_model(model, ds, "val", C=C), diagnose_model(model, ds, "train", C=C)
         print(f"epoch {epoch}: loss {np.mean(losses):.3f}  gem-max HR@20 val {val['gem-max HR@20']:.2f} "
               f"(popularity {val['popularity HR@20']:.2f}), train {train['gem-max HR@20']:.2f} "
               f"(popularity {train['popularity HR@20']:.2f})", flush=True)
@@ -82,16 +83,19 @@ def diagnose(run_dir: Path, ds: PreparedDataset, split: str, batch: int = 1024) 
     return diagnose_model(load_run(run_dir).model, ds, split, batch)
 
 
-def diagnose_model(model: torch.nn.Module, ds: PreparedDataset, split: str, batch: int = 1024) -> dict[str, float]:
-    """The rankings above for a DimeRec ``model`` (put in eval mode) on ``split`` of ``ds``."""
+def diagnose_model(model: torch.nn.Module, ds: PreparedDataset, split: str, batch: int = 1024,
+                   C: torch.Tensor | None = None) -> dict[str, float]:
+    """The rankings above for a DimeRec ``model`` (put in eval mode) on ``split`` of ``ds``; ``C``: the
+    :func:`cooccurrence` counts of ``ds`` when already built."""
     model.eval()
     rows = getattr(ds, split)
     E = model.item_embeddings()[1:].detach()
     counts = torch.from_numpy(np.bincount(ds.train.target, minlength=model.n_items + 1)[1:]).float()
     sums = {name: [0.0, 0.0] for name in ("query", "gem-max", "norm", "popularity", "co-occurrence")}
     cos_sum, overlap_sum = 0.0, 0.0
-    norm_top = E.norm(dim=1).topk(20).indices
-    C = cooccurrence(ds, model.n_items)
+    norms = E.norm(dim=1)
+    norm_top = norms.topk(20).indices
+    C = cooccurrence(ds, model.n_items) if C is None else C
     with torch.no_grad():
         for s in range(0, len(rows.target), batch):
             h = torch.from_numpy(rows.history[s : s + batch])[:, -model.max_len :]
@@ -100,7 +104,7 @@ def diagnose_model(model: torch.nn.Module, ds: PreparedDataset, split: str, batc
                 q = model.query(h)
             g = model.interests(h)  # [B, K, d]
             ranked = {"query": q @ E.T, "gem-max": (g @ E.T).amax(1),
-                      "norm": E.norm(dim=1).expand(len(y), -1), "popularity": counts.expand(len(y), -1),
+                      "norm": norms.expand(len(y), -1), "popularity": counts.expand(len(y), -1),
                       "co-occurrence": C[h].sum(1) + 1e-6 * counts}
             for name, sc in ranked.items():
                 hr, ndcg = metrics(sc, y)

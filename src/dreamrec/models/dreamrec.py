@@ -101,12 +101,6 @@ def history_mean(history: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return sums / real.cumsum(dim=1).clamp_min(1.0)
 
 
-def _call_with_condition(denoiser: Callable[..., torch.Tensor], c: torch.Tensor, x_t: torch.Tensor,
-                         t: torch.Tensor) -> torch.Tensor:
-    """``denoiser(x_t, t, c)``: a sampler's ``model_fn(x_t, t)`` for a fixed condition."""
-    return denoiser(x_t, t, c)
-
-
 def guided_model_fn(
     f: MLPDenoiser, c: torch.Tensor, null_c: torch.Tensor, w: float, **fixed: torch.Tensor | float
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -120,7 +114,8 @@ def guided_model_fn(
     two-branch mix up to float rounding); otherwise each step is one call on the ``2B`` rows ``[c; ∅]``."""
     if getattr(f, "affine_in_condition", False) and w != 0 and not fixed:
         c_proj = (1 + w) * f.project_condition(c) - w * f.project_condition(null_c.to(c.dtype))
-        return partial(_call_with_condition, partial(f, c_proj=c_proj), c)
+        # the guidance is inside c_proj: the sampler calls f on the conditional rows alone (w = 0 below)
+        return ClassifierFreeGuidance(partial(f, c_proj=c_proj), c, null_c, 0.0)
     model_fn = ClassifierFreeGuidance(f, c, null_c, w)
     model_fn.denoiser = partial(f, c_proj=f.project_condition(model_fn.condition), **fixed)
     return model_fn
