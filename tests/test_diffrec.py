@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import planted_hr20
+from conftest import order_blind_hr20, planted_run
 
 from dreamrec.config import RunConfig, TrainConfig
 from dreamrec.data.batching import Batch
@@ -171,9 +171,13 @@ def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) 
 # -- the planted pattern ----------------------------------------------------------------------
 # 10 topics of 10 items with flat popularity: popularity's HR@20 is ~0.4, the Bayes bound ~0.9.
 def test_planted_pattern(tmp_path: Path) -> None:
-    """T-DiffRec, plain MSE. Measured (8 epochs, one thread): HR@20 0.65 against popularity 0.41
-    (the defaults: 0.57)."""
-    hr, hr_pop = planted_hr20(
+    """T-DiffRec, plain MSE. Measured (8 epochs, one thread): HR@20 0.65 against popularity 0.41 (the defaults:
+    0.57). DiffRec cannot reach 80 % of SASRec-CE (0.893) here: its input is the bag of the history's items (T-DiffRec
+    adds recency weights), and the planted next topic follows the last item's topic. What a bag can reach is
+    measured instead: an order-blind co-occurrence count (conftest.OrderBlindCounts) gets 0.645 (a last-item count
+    0.853); T-DiffRec matches it."""
+    hr, hr_pop, _, ds = planted_run(
         "diffrec", {"dims": [200], "time_weights": [0.1, 1.0], "reweight": False, "dropout": 0.2}, tmp_path
     )
     assert hr >= 1.5 * hr_pop, (hr, hr_pop)
+    assert hr >= 0.95 * order_blind_hr20(ds), hr

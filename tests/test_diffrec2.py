@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_reload_identical, planted_hr20
+from conftest import SASREC_CE_PLANTED_HR20, assert_reload_identical, planted_hr20
 
 from dreamrec.data.batching import Batch
 from dreamrec.errors import ConfigError
 from dreamrec.models import MODELS, build_model
 from dreamrec.models.diffrec2 import DiffRec2
 
-SASREC_CE_PLANTED_HR20 = 0.893  # SASRec (loss ce), same data and training (benchmarks/survey_checks_ddrm_du.py)
 SMALL = {"hidden": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "timesteps": 10}
 
 

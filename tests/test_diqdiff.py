@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_reload_identical, planted_hr20
+from conftest import SASREC_CE_PLANTED_HR20, assert_reload_identical, planted_hr20
 
 from dreamrec.data.batching import Batch
 from dreamrec.errors import ConfigError
@@ -131,11 +131,17 @@ def test_saved_run_reloads_to_identical_scores(tmp_path: Path, small_synthetic) 
 def test_planted_pattern(tmp_path: Path) -> None:
     """DreamRec's planted settings of the ablation study (stop-gradient target, trained at t = T, one step) plus
     SVQ and CDM: diqdiff-ablation. Measured (8 epochs, one thread): HR@20 0.805 against popularity 0.405
-    (dreamrec-ablation with the same settings: 0.798)."""
+    (dreamrec-ablation with the same settings: 0.798), 90 % of SASRec-CE's 0.893.
+
+    Why not `diqdiff` at its paper defaults: DiQDiff keeps DreamRec's x0 loss on a jointly learned item table, which
+    collapses. After these 8 epochs it is at 0.57 (DreamRec's defaults 0.62); trained on, its validation HR@20 peaks
+    at 0.66 (epoch 10) and then falls to 0.14 by epoch 24 while the mean item norm shrinks from 8.0 to 0.77
+    (the trainer's collapse warning): at its best 74 % of SASRec-CE. The collapse is DreamRec's, not SVQ's."""
     params = {"hidden": 64, "timesteps": 100, "denoiser": "mlp2", "sampler": "onestep", "guidance_w": 0.0,
               "target_grad": False, "train_timesteps": "last", "n_codes": 8}
     hr, hr_pop = planted_hr20("diqdiff-ablation", params, tmp_path)
     assert hr >= 1.5 * hr_pop, (hr, hr_pop)
+    assert hr >= 0.8 * SASREC_CE_PLANTED_HR20, hr
 
 
 def test_variants_are_diqdiff_with_other_generators() -> None:
