@@ -1,12 +1,16 @@
 """Load benchmark of ``dreamrec serve``: throughput and p50/p95/p99 latency of POST /recommend.
 
 For each run directory and each ``--workers`` count it starts ``dreamrec serve RUN --workers N`` on a
-free loopback port (``--index`` retrieval; ``--sampler``/``--steps`` for diffusion runs), sends
-``--warmup`` then ``--requests`` requests (k=20, random histories of catalog ids) from an httpx client
-at each ``--concurrency`` level, stops the server and writes
-``benchmarks/results/serve/<model>-<items>-<index>-w<workers>.json``; then regenerates
-``benchmarks/SERVING.md``. Bounded: it stops by itself after ``runs x workers x concurrency x requests``
-requests. The client runs on the same machine as the server (its threads take CPU from it).
+free loopback port (``--index`` retrieval; ``--sampler``/``--steps`` for diffusion runs), drives POST /recommend
+(k=20, random histories of catalog ids) at each ``--concurrency`` level (that many keep-alive connections, each
+sending its next request when the last is answered), stops the server and writes
+``benchmarks/results/serve/<model>-<items>-<index>-w<workers>.json``; then regenerates ``benchmarks/SERVING.md``.
+
+The client runs on the same machine as the server, so its CPU is taken from the server. ``--client wrk`` (the
+default when the ``wrk`` binary is on the PATH; ``apt-get install wrk``) is a C load generator that costs a few
+percent of a core: ``--warmup-seconds`` at the highest concurrency, then ``--seconds`` per level. ``--client
+httpx`` (Python threads, ``--warmup`` then ``--requests`` requests per level) takes about a core at a few hundred
+requests per second and so understates the server, most of all with several workers.
 
     python benchmarks/serve_load.py                       # trains popularity, sasrec, dreamrec on synthetic data
     python benchmarks/serve_load.py RUN_SASREC RUN_DREAMREC --sampler ddim --steps 10
@@ -19,6 +23,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -196,6 +201,45 @@ def drive(base: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[str
             "mean_ms": float(lat.mean())}
 
 
+WRK_SCRIPT = """
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, "/recommend", nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('\\nRESULT {"requests": %d, "seconds": %.6f, "errors": %d, "p50_ms": %.4f, '
+    .. '"p95_ms": %.4f, "p99_ms": %.4f, "mean_ms": %.4f}\\n', summary.requests, summary.duration / 1e6,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50) / 1e3,
+    latency:percentile(95) / 1e3, latency:percentile(99) / 1e3, latency.mean / 1e3))
+end
+"""
+
+
+def drive_wrk(base: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, script_dir: Path) -> dict[str, Any]:
+    """``wrk`` with ``concurrency`` keep-alive connections for ``seconds``, cycling through ``bodies``; latency
+    percentiles from wrk's histogram (ms). ``errors`` counts non-2xx answers and socket errors."""
+    lua = script_dir / "load.lua"
+    # a JSON string literal is a Lua string literal when it has no \\u escape (ensure_ascii=False; the body keeps its own)
+    quoted = ",\n".join(json.dumps(json.dumps(b), ensure_ascii=False) for b in bodies)
+    lua.write_text("local bodies = {\n" + quoted + "\n}\n" + WRK_SCRIPT)
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(lua), base],
+                         capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    return {"concurrency": concurrency, "requests": r["requests"], "errors": r["errors"], "seconds": r["seconds"],
+            "throughput_rps": r["requests"] / r["seconds"], "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"],
+            "p99_ms": r["p99_ms"], "mean_ms": r["mean_ms"]}
+
+
+def median_of(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repetition with the median throughput (its latencies with it), and every repetition's req/s."""
+    ranked = sorted(reps, key=lambda r: r["throughput_rps"])
+    return {**ranked[(len(ranked) - 1) // 2], "throughput_rps_repeats": [r["throughput_rps"] for r in reps]}
+
+
 def bench_run(run_dir: Path, args: argparse.Namespace, workers: int) -> dict[str, Any]:
     import pandas as pd
 
@@ -213,8 +257,16 @@ def bench_run(run_dir: Path, args: argparse.Namespace, workers: int) -> dict[str
         t = time.perf_counter()
         health = _wait_healthy(base, proc)
         startup = time.perf_counter() - t
-        drive(base, [body() for _ in range(args.warmup)], max(args.concurrency))  # every worker warmed up
-        rows = [drive(base, [body() for _ in range(args.requests)], c) for c in args.concurrency]
+        if args.client == "wrk":
+            bodies = [body() for _ in range(2000)]
+            with tempfile.TemporaryDirectory() as tmp:
+                drive_wrk(base, bodies, max(args.concurrency), args.warmup_seconds, Path(tmp))  # every worker warm
+                rows = [median_of([drive_wrk(base, bodies, c, args.seconds, Path(tmp)) for _ in range(args.repeat)])
+                        for c in args.concurrency]
+        else:
+            drive(base, [body() for _ in range(args.warmup)], max(args.concurrency))  # every worker warmed up
+            rows = [median_of([drive(base, [body() for _ in range(args.requests)], c) for _ in range(args.repeat)])
+                    for c in args.concurrency]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -224,30 +276,40 @@ def bench_run(run_dir: Path, args: argparse.Namespace, workers: int) -> dict[str
             "startup_seconds": startup, "rows": rows}
 
 
+def _rps(row: dict[str, Any]) -> str:
+    reps = row.get("throughput_rps_repeats") or []
+    rps = f"{row['throughput_rps']:.0f}"
+    return rps + (f" ({min(reps):.0f}-{max(reps):.0f})" if len(reps) > 1 else "")
+
+
 def write_serving_md(path: Path = ROOT / "benchmarks" / "SERVING.md") -> None:
     """Render every JSON of results/serve and results/faiss as markdown tables."""
     out = ["# Serving benchmarks", "",
            "Generated by `benchmarks/serve_load.py` and `benchmarks/faiss_catalog.py` from the JSON files in",
            "`benchmarks/results/serve/` and `benchmarks/results/faiss/`; do not edit by hand.",
-           "Latencies are client-side on loopback (client and server share the machine). The load average",
-           "at start is shown: above the core count, other jobs were running and the numbers are pessimistic.",
+           "Latencies are client-side on loopback (client and server share the machine). The client is wrk (C, a",
+           "few percent of a core) or httpx (Python threads, about a core at a few hundred requests per second, so",
+           "it understates the server). The load average at start is shown: above the core count, other jobs",
+           "were running and the numbers are pessimistic.",
            ""]
     serve = [r for p in sorted((RESULTS / "serve").glob("*.json"))
              if (r := json.loads(p.read_text())).get("benchmark") == "serve_load"]
     if serve:
         out += ["## HTTP load (POST /recommend, k=20)", "",
-                "Concurrent requests to one worker share model calls (`dreamrec.serve.async_batch`).", "",
+                "Concurrent requests to one worker share model calls (`dreamrec.serve.async_batch`). With `--repeat R`",
+                "each level is measured R times: the median repetition is shown, with the range of req/s.", "",
                 "| model | items | index | sampler | workers | concurrency | requests | errors | req/s | p50 ms "
-                "| p95 ms | p99 ms | date | machine |",
-                "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+                "| p95 ms | p99 ms | client | date | machine |",
+                "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
         serve.sort(key=lambda r: (r["n_items"], r["model"], r.get("sampler", ""), r.get("workers", 1)))
         for r in serve:
             m = r["machine"]
             for row in r["rows"]:
                 out.append(f"| {r['model']} | {r['n_items']:,} | {r.get('index', 'exact')} | {r.get('sampler', '-')} "
                            f"| {r.get('workers', 1)} | {row['concurrency']} | {row['requests']} | {row['errors']} "
-                           f"| {row['throughput_rps']:.0f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
-                           f"| {row['p99_ms']:.1f} | {r['date'][:10]} | {m['cpu']}, {m['cores']} cores, "
+                           f"| {_rps(row)} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
+                           f"| {row['p99_ms']:.1f} | {r.get('client', 'httpx').split()[0]} | {r['date'][:10]} "
+                           f"| {m['cpu']}, {m['cores']} cores, "
                            f"load {m['loadavg_at_start'][0]:.1f} |")
         out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in serve})), ""]
     fuzz_path = RESULTS / "serve" / "schemathesis.json"
@@ -294,8 +356,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", type=Path, help="run directories (default: train popularity, sasrec and dreamrec)")
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
-    p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto",
+                   help="load generator (auto: wrk when on the PATH, else httpx)")
+    p.add_argument("--seconds", type=float, default=10.0, help="wrk: seconds per concurrency level")
+    p.add_argument("--warmup-seconds", type=float, default=3.0, help="wrk: warm-up at the highest concurrency")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure each level this many times; report the median-throughput repetition")
+    p.add_argument("--requests", type=int, default=1000, help="httpx: requests per concurrency level")
+    p.add_argument("--warmup", type=int, default=100, help="httpx: warm-up requests")
     p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
     p.add_argument("--workers", type=ints, default=[1, 2], help="worker counts to serve with")
     p.add_argument("--index", default="exact", help="exact | faiss")
@@ -310,6 +378,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=RESULTS / "serve")
     args = p.parse_args()
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "httpx"
+    elif args.client == "wrk" and not shutil.which("wrk"):
+        p.error("--client wrk: no wrk binary on the PATH (apt-get install wrk)")
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         where = args.keep or Path(tmp)
@@ -327,7 +399,8 @@ def main() -> None:
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 command="python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
                 machine={**machine_info(), "loadavg_at_start": load, "server_threads": args.threads},
-                client="httpx, same machine",
+                client=("wrk (C, one thread), same machine" if args.client == "wrk"
+                        else "httpx (Python threads), same machine"),
             )
             if not args.runs:
                 result["run_dir"] = "synthetic (trained by the script)"
@@ -335,7 +408,8 @@ def main() -> None:
             parts = [result["model"], str(result["n_items"]), args.index, result["sampler"], f"w{workers}"]
             name = "-".join(p for p in parts if p != "-")
             (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-            print(name, json.dumps([{k: round(v, 1) for k, v in row.items()} for row in result["rows"]]), flush=True)
+            print(name, json.dumps([{k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}
+                                    for row in result["rows"]]), flush=True)
     write_serving_md()
 
 

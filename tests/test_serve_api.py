@@ -229,6 +229,29 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_workers_fail_clearly_on_a_busy_port_and_set_tcp_nodelay() -> None:
+    from dreamrec.errors import DreamrecError
+    from dreamrec.serve.workers import _socket, run_workers
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(DreamrecError, match=f"cannot listen on 127.0.0.1:{port}"):
+            run_workers("dreamrec.serve.app:app_from_env", host="127.0.0.1", port=port, workers=2)
+    # asyncio sets TCP_NODELAY on accepted connections only for IPPROTO_TCP sockets; with proto 0 every
+    # keep-alive response waited ~40 ms for the client's delayed ACK
+    with _socket("127.0.0.1", 0) as s:
+        assert s.proto == socket.IPPROTO_TCP
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -287,15 +310,20 @@ def test_serve_supervisor_validates_in_a_child_and_keeps_no_model(runs, tmp_path
     started = {}
     monkeypatch.setattr(dreamrec.train.run, "load_run", no_model_here)
     monkeypatch.setattr(dreamrec.serve.recommender, "load_run", no_model_here)
-    monkeypatch.setattr(uvicorn, "run",
-                        lambda *a, **kw: started.update(kw, metrics=os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    import dreamrec.serve.workers
+
+    def record(*a, **kw):
+        started.update(kw, metrics=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+    monkeypatch.setattr(uvicorn, "run", record)  # where SO_REUSEPORT is missing
+    monkeypatch.setattr(dreamrec.serve.workers, "run_workers", record)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     for var in ("DREAMREC_RUN_DIR", "DREAMREC_INDEX", "DREAMREC_SAMPLER", "DREAMREC_STEPS", "DREAMREC_SAMPLER_OPTIONS",
                 "DREAMREC_MAX_BODY_BYTES", "DREAMREC_NEW_ITEM_OFFSET", "DREAMREC_THREADS"):
         monkeypatch.delenv(var, raising=False)
     r = CliRunner().invoke(app, ["serve", str(runs["popularity"]), "--workers", "2", "--threads", "1"])
     assert r.exit_code == 0, r.output
-    assert started["workers"] == 2 and started["factory"] is True
+    assert started["workers"] == 2
     assert not Path(started["metrics"]).exists()  # the shared metrics folder is removed after the run
     r = CliRunner().invoke(app, ["serve", str(tmp_path), "--workers", "2"])  # checked in the child: fails fast
     assert r.exit_code == 2 and "not a finished run" in r.output
@@ -322,6 +350,15 @@ def test_metrics_add_up_over_two_worker_processes(runs):
             assert proc.poll() is None, "".join(log)
             assert time.time() < deadline, "workers did not start:\n" + "".join(log)
             time.sleep(0.2)
+        # 16 connections opened together, then one GET /health on each: with one shared listening socket the
+        # first worker to wake accepted every waiting connection; with a socket per worker the kernel spreads them
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+        answered_by = set()
+        for c in conns:
+            with c:
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answered_by.add(json.loads(_read_all(c).split(b"\r\n\r\n", 1)[1])["worker"])
+        assert len(answered_by) == 2, answered_by
         n = 24
         for _ in range(n):  # a new connection each: the kernel spreads them over the workers
             assert httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": [], "k": 2}).status_code == 200

@@ -373,8 +373,10 @@ def serve(
 
     One worker: the run is loaded once, in this process, and served. Several workers: the run is
     checked in a child process (so this supervisor never holds a copy of the model) before any
-    worker starts, and the workers share their Prometheus counters through a temporary folder
-    (``PROMETHEUS_MULTIPROC_DIR``), so /metrics covers every worker."""
+    worker starts; each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections over
+    them (``dreamrec.serve.workers``; uvicorn's shared socket where the platform lacks it), and the workers share
+    their Prometheus counters through a temporary folder (``PROMETHEUS_MULTIPROC_DIR``), so /metrics covers
+    every worker."""
     import os
     import shutil
 
@@ -411,9 +413,15 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="dreamrec-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        uvicorn.run(
-            "dreamrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
-        )
+        from dreamrec.serve.workers import reuseport_supported, run_workers
+
+        if reuseport_supported():  # one socket per worker: the kernel spreads connections (serve.workers)
+            run_workers("dreamrec.serve.app:app_from_env", host=host, port=port, workers=workers, log_level=log_level)
+        else:
+            uvicorn.run("dreamrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                        log_level=log_level)
+    except DreamrecError as e:
+        _fail(e)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -27,6 +27,7 @@ Limits and bad input (never a 5xx):
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Annotated, Any, Optional, Union
 
@@ -143,6 +144,7 @@ class Health(BaseModel):
     max_len: int
     supports_intent: bool
     version: str
+    worker: int = Field(description="process id of the worker that answered (several with serve --workers N)")
 
 
 class ErrorResponse(BaseModel):
@@ -318,7 +320,7 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
         """Liveness and what is served."""
         return {"status": "ok", "model": recommender.model_name, "n_items": recommender.n_items,
                 "max_len": recommender.max_len, "supports_intent": recommender.supports_intent,
-                "version": __version__}
+                "version": __version__, "worker": os.getpid()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
@@ -334,7 +336,6 @@ def app_from_env() -> FastAPI:
     and optionally ``DREAMREC_MAX_BODY_BYTES``, ``DREAMREC_INDEX`` (exact/faiss), ``DREAMREC_THREADS``,
     ``DREAMREC_SAMPLER``, ``DREAMREC_STEPS``, ``DREAMREC_NEW_ITEM_OFFSET`` and ``DREAMREC_SAMPLER_OPTIONS`` (a JSON object of further
     ``set_sampler`` options, e.g. ``{"correction_scale": 8}``)."""
-    import os
 
     from dreamrec.threads import set_threads
 
