@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/survey_checks_ddrm_du.py --label old \
         [--ddrm-params '{"start_weight": 0}'] [--du-params '{"rec_on": "embedding", "slot_norm": false}'] [--epochs 8]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/survey_checks_ddrm_du.py --label zhihu \
+        --ddrm-runs RUN [RUN ...] --data PREPARED_DATA     # the DDRM checks on trained runs, validation rows
 
 Trains SASRec-CE, DDRM and Du et al. for ``--epochs`` epochs on the planted pattern of ``tests/conftest.py``
 (``PLANTED_SMALL``: 10 topics of 10 items, flat popularity) with the planted tests' training settings and writes
@@ -67,9 +69,10 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float(F.cosine_similarity(a, b, dim=-1).mean()), 4)
 
 
-def ddrm_checks(model, ds) -> dict:
-    h = torch.from_numpy(ds.test.history[:, -model.max_len :]).long()
-    target = torch.from_numpy(ds.test.target).long()
+def ddrm_checks(model, ds, split: str = "test") -> dict:
+    rows = getattr(ds, split)
+    h = torch.from_numpy(rows.history[:, -model.max_len :]).long()
+    target = torch.from_numpy(rows.target).long()
     with torch.no_grad():
         torch.manual_seed(0)
         q = model.query(h)
@@ -141,6 +144,26 @@ def du_checks(model, ds) -> dict:
     }
 
 
+def trained_ddrm_checks(runs: list[Path], data: Path, label: str) -> None:
+    """The DDRM checks on trained runs (e.g. the Zhihu survey seeds), on the validation rows of ``data``; writes
+    ``ddrm_{label}.json``."""
+    from dreamrec.data.dataset import PreparedDataset
+    from dreamrec.train.run import load_run
+
+    ds = PreparedDataset.load(data)
+    pop = build_model("popularity", ds.n_items, ds.max_len)
+    pop.fit_statistics(ds)
+    res: dict = {"data": str(data), "split": "val", "n_rows": len(ds.val),
+                 "hr20_popularity": round(float(evaluate(pop, ds.val, max_len=ds.max_len, ks=(20,))["HR@20"]), 4),
+                 "runs": {}}
+    for run in runs:
+        model = load_run(run).model.eval()
+        res["runs"][str(run)] = ddrm_checks(model, ds, "val")
+        print(run, json.dumps(res["runs"][str(run)]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"ddrm_{label}.json").write_text(json.dumps(res, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", required=True)
@@ -148,8 +171,13 @@ def main() -> None:
     ap.add_argument("--du-params", default='{"sampler": "onestep", "step_everywhere": false}')
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--skip", nargs="*", default=[], choices=["sasrec", "ddrm", "du"])
+    ap.add_argument("--ddrm-runs", nargs="*", type=Path, default=[],
+                    help="trained DDRM run directories: run the DDRM checks on their validation rows instead")
+    ap.add_argument("--data", type=Path, help="the prepared dataset the --ddrm-runs were trained on")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.ddrm_runs:
+        return trained_ddrm_checks(args.ddrm_runs, args.data, args.label)
     ds = generate(SyntheticConfig(**PLANTED_SMALL)).dataset
     pop = build_model("popularity", ds.n_items, ds.max_len)
     pop.fit_statistics(ds)
