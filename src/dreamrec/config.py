@@ -80,6 +80,11 @@ class TrainConfig(_Strict):
         "and save the average instead of the last step's weights. None = no average"
     )
     seed: int = 42
+    init_from: str | None = Field(
+        None, description="a finished run directory whose weights start this run: every tensor of the same name and "
+        "shape is copied (a SASRec run gives DDRM its trained backbone), the rest keeps its initialisation; the "
+        "item catalogs must be equal (dreamrec.train.warm_start)"
+    )
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default this process's share of "
                                 "the cores (dreamrec.threads: all of them for one process, cores // processes under "

@@ -137,6 +137,12 @@ def train_run(
     seed_everything(config.train.seed)  # the initial weights depend on the seed too
     config, model = resolve(config, dataset)
     resumes = _check_resume(out_dir, config, dataset, model) if resume else []
+    if config.train.init_from and not resume:  # a resumed run continues its own weights
+        from dreamrec.train.warm_start import warm_start
+
+        copied, total = warm_start(model, config.train.init_from, dataset)
+        if log is not None:
+            log(f"initialised {len(copied)} of {total} tensors from {config.train.init_from}")
     distributed.barrier(env)  # every rank has checked the directory before rank 0 writes into it
     if env.is_main:
         if overwrite:  # the checks passed: the old run goes (only dreamrec's files are there)
