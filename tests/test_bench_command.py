@@ -58,6 +58,17 @@ def test_bench_trains_writes_and_reuses(spec, tmp_path: Path, monkeypatch: pytes
     r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"),
                             "--rows", "sasrec"])
     assert r.exit_code == 0, r.output
+    # a larger epoch budget continues the finished runs from their checkpoints (a resume, recorded as one)
+    monkeypatch.undo()
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"),
+                            "--set", "train.epochs=3", "--rows", "sasrec", "--dry-run"])
+    assert r.exit_code == 0 and "sasrec" in r.stdout, r.output
+    assert r.stdout.split("sasrec", 1)[1].split()[:3] == ["0", "2", "0"], r.stdout  # train / resume / reuse
+    r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"),
+                            "--set", "train.epochs=3", "--rows", "sasrec"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "out" / "runs" / "tiny" / "sasrec" / "seed0" / "metrics.json").read_text())
+    assert m["resumes"][-1]["changed"]["train.epochs"] == [2, 3], m.get("resumes")
     # a changed config does not silently reuse the old runs
     r = runner.invoke(app, ["bench", str(table), "--data", str(log), "--out", str(tmp_path / "out"),
                             "--set", "train.lr=0.01", "--rows", "sasrec"])

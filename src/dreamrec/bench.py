@@ -4,7 +4,8 @@ A table is a YAML spec (``configs/tables/<name>.yaml``, :class:`TableSpec`): the
 and protocol, the seeds, the metrics, and its rows, each a committed run config (paths relative to the
 spec) with optional overrides, a flag for baselines and the published numbers to print beside ours.
 :func:`run_table` prepares the split from a path, trains every row over the seeds (a finished seed is
-reused, an unfinished one resumed from its checkpoint), and writes ``<name>.json`` and ``<name>.md``: mean
+reused, an unfinished one resumed from its checkpoint, a finished one whose config now differs only in
+``train.epochs`` or ``train.patience`` continued from it), and writes ``<name>.json`` and ``<name>.md``: mean
 ± std per metric, Welch's t-test of each row against the best baseline, machine, date and command.
 :func:`plan` is the ``--dry-run``: what would be trained, reused or resumed, and the CPU time it would take
 (each row's ``cpu_minutes`` per seed, measured on a 2-core CPU, where the spec gives one).
@@ -94,6 +95,15 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": train}
 
 
+BUDGET = ("epochs", "patience")  # train settings a finished run may be continued under (dreamrec.train.resume)
+
+
+def _budget_only(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Whether two comparable configs differ only in :data:`BUDGET` settings."""
+    strip = lambda c: {**c, "train": {k: v for k, v in c["train"].items() if k not in BUDGET}}  # noqa: E731
+    return strip(have) == strip(want)
+
+
 def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, out: Path, seeds: list[int],
           overrides: list[str], rows: list[str] | None) -> list[Job]:
     jobs = []
@@ -116,10 +126,14 @@ def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, out: Path,
                 # settings added since that run was written take their defaults there, as they did in the run
                 have_cfg = RunConfig(**have)
                 have_full = {**have_cfg.model_dump(mode="json"), "params": resolved_params(have_cfg)}
-                if _comparable(have_full) != _comparable(resolved.model_dump(mode="json")):
+                have_c, want_c = _comparable(have_full), _comparable(resolved.model_dump(mode="json"))
+                if have_c == want_c:
+                    status = "reuse"
+                elif _budget_only(have_c, want_c) and (run_dir / "checkpoint").exists():
+                    status = "resume"  # a larger epoch budget or patience: the run continues from its checkpoint
+                else:
                     raise ArtifactError(f"{run_dir}: holds a finished run of another config than row {row.name!r} "
                                         f"now asks for; use another --out (or remove that run)")
-                status = "reuse"
             elif (run_dir / "checkpoint").exists():
                 status = "resume"
             jobs.append(Job(row, seed, cfg, run_dir, status))
