@@ -219,13 +219,18 @@ end
 """
 
 
-def drive_wrk(base: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, script_dir: Path) -> dict[str, Any]:
-    """``wrk`` with ``concurrency`` keep-alive connections for ``seconds``, cycling through ``bodies``; latency
-    percentiles from wrk's histogram (ms). ``errors`` counts non-2xx answers and socket errors."""
-    lua = script_dir / "load.lua"
+def write_wrk_script(bodies: list[dict[str, Any]], path: Path) -> Path:
+    """The wrk Lua script that cycles through ``bodies`` (POST /recommend) and prints the result line."""
     # a JSON string literal is a Lua string literal when it has no \\u escape (ensure_ascii=False; the body keeps its own)
     quoted = ",\n".join(json.dumps(json.dumps(b), ensure_ascii=False) for b in bodies)
-    lua.write_text("local bodies = {\n" + quoted + "\n}\n" + WRK_SCRIPT)
+    path.write_text("local bodies = {\n" + quoted + "\n}\n" + WRK_SCRIPT)
+    return path
+
+
+def drive_wrk(base: str, lua: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    """``wrk`` with ``concurrency`` keep-alive connections for ``seconds``, running the script ``lua``
+    (:func:`write_wrk_script`); latency percentiles from wrk's histogram (ms). ``errors`` counts non-2xx answers and
+    socket errors."""
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(lua), base],
                          capture_output=True, text=True, check=True).stdout
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
@@ -258,10 +263,10 @@ def bench_run(run_dir: Path, args: argparse.Namespace, workers: int) -> dict[str
         health = _wait_healthy(base, proc)
         startup = time.perf_counter() - t
         if args.client == "wrk":
-            bodies = [body() for _ in range(2000)]
             with tempfile.TemporaryDirectory() as tmp:
-                drive_wrk(base, bodies, max(args.concurrency), args.warmup_seconds, Path(tmp))  # every worker warm
-                rows = [median_of([drive_wrk(base, bodies, c, args.seconds, Path(tmp)) for _ in range(args.repeat)])
+                lua = write_wrk_script([body() for _ in range(2000)], Path(tmp) / "load.lua")
+                drive_wrk(base, lua, max(args.concurrency), args.warmup_seconds)  # every worker warmed up
+                rows = [median_of([drive_wrk(base, lua, c, args.seconds) for _ in range(args.repeat)])
                         for c in args.concurrency]
         else:
             drive(base, [body() for _ in range(args.warmup)], max(args.concurrency))  # every worker warmed up

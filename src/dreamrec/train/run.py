@@ -205,8 +205,7 @@ def _check_resume(
     old = build_run_config(data, str(config_file))
     items_file = out_dir / "items.parquet"
     if items_file.is_file():
-        ids = pd.read_parquet(items_file)["item_id"].tolist()
-        if ids != dataset.item_ids.tolist():
+        if not same_item_catalog(items_file, dataset):
             raise ArtifactError(f"{out_dir}: --resume on a dataset whose item catalog differs from the one the run "
                                 "was trained on; use the run's dataset")
     state = checkpoint_state(out_dir / "checkpoint")
@@ -239,6 +238,11 @@ def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str 
         run_info["resumes"] = resumes
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2))
     _save_items(dataset, out_dir / "items.parquet")
+
+
+def same_item_catalog(items_file: Path, dataset: PreparedDataset) -> bool:
+    """Whether a run's ``items.parquet`` lists ``dataset``'s items in the same order (its rows are item ids)."""
+    return pd.read_parquet(items_file)["item_id"].tolist() == dataset.item_ids.tolist()
 
 
 def _save_items(dataset: PreparedDataset, path: Path) -> None:

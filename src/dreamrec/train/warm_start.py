@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from dreamrec.data.dataset import PreparedDataset
@@ -22,11 +21,13 @@ def warm_start(model: torch.nn.Module, run_dir: str | Path, dataset: PreparedDat
     the number of tensors the model has."""
     from safetensors.torch import load_file
 
+    from dreamrec.train.run import same_item_catalog
+
     run_dir = Path(run_dir)
     weights, items = run_dir / "model.safetensors", run_dir / "items.parquet"
     if not weights.is_file() or not items.is_file():
         raise ArtifactError(f"train.init_from={run_dir}: not a finished run (needs model.safetensors and items.parquet)")
-    if pd.read_parquet(items)["item_id"].tolist() != dataset.item_ids.tolist():
+    if not same_item_catalog(items, dataset):
         raise ArtifactError(f"train.init_from={run_dir}: that run's item catalog differs from this dataset's")
     source = load_file(str(weights))
     own = model.state_dict()
