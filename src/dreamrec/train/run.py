@@ -36,6 +36,7 @@ from dreamrec.models import build_model
 from dreamrec.models.base import SequentialRecommender
 from dreamrec.models.memory import check_model_memory
 from dreamrec.threads import set_threads
+from dreamrec.train.warm_start import same_item_catalog, warm_start
 
 # every file and folder `dreamrec train` writes into a run directory
 RUN_FILES = frozenset(
@@ -138,8 +139,6 @@ def train_run(
     config, model = resolve(config, dataset)
     resumes = _check_resume(out_dir, config, dataset, model) if resume else []
     if config.train.init_from and not resume:  # a resumed run continues its own weights
-        from dreamrec.train.warm_start import warm_start
-
         copied, total = warm_start(model, config.train.init_from, dataset)
         if log is not None:
             log(f"initialised {len(copied)} of {total} tensors from {config.train.init_from}")
@@ -238,11 +237,6 @@ def _write_run_files(config: RunConfig, dataset: PreparedDataset, data_dir: str 
         run_info["resumes"] = resumes
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2))
     _save_items(dataset, out_dir / "items.parquet")
-
-
-def same_item_catalog(items_file: Path, dataset: PreparedDataset) -> bool:
-    """Whether a run's ``items.parquet`` lists ``dataset``'s items in the same order (its rows are item ids)."""
-    return pd.read_parquet(items_file)["item_id"].tolist() == dataset.item_ids.tolist()
 
 
 def _save_items(dataset: PreparedDataset, path: Path) -> None:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from dreamrec.data.dataset import PreparedDataset
 from dreamrec.errors import ArtifactError, ConfigError
 
 
+def same_item_catalog(items_file: Path, dataset: PreparedDataset) -> bool:
+    """Whether a run's ``items.parquet`` lists ``dataset``'s items in the same order (its rows are item ids)."""
+    return pd.read_parquet(items_file)["item_id"].tolist() == dataset.item_ids.tolist()
+
+
 def warm_start(model: torch.nn.Module, run_dir: str | Path, dataset: PreparedDataset) -> tuple[list[str], int]:
     """Copy ``run_dir``'s tensors into ``model`` by name (see the module docstring); returns the names copied and
     the number of tensors the model has."""
     from safetensors.torch import load_file
-
-    from dreamrec.train.run import same_item_catalog
 
     run_dir = Path(run_dir)
     weights, items = run_dir / "model.safetensors", run_dir / "items.parquet"
