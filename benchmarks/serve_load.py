@@ -123,7 +123,8 @@ def train_large_catalog_runs(out: Path, n_items: int, seed: int = 0, minutes: fl
 
 
 def sampler_label(run_dir: Path, sampler: str | None, steps: int | None) -> str:
-    """The sampler a diffusion run is served with (``ddim-10``, ``ddpm-500``, ``onestep``); ``-`` for others."""
+    """The sampler a diffusion run is served with (``ddim-10``, ``ddpm-500``, ``onestep``; ``-closed`` where DreamRec's
+    ``mlp1`` draws from the chain's closed form, ``-loop`` where it steps); ``-`` for others."""
     import yaml
 
     params = yaml.safe_load((run_dir / "config.yaml").read_text()).get("params") or {}
@@ -133,7 +134,10 @@ def sampler_label(run_dir: Path, sampler: str | None, steps: int | None) -> str:
     if name == "onestep":
         return name
     n = steps or params.get("sampler_steps") or (params.get("timesteps") if name == "ddpm" else None)
-    return f"{name}-{n}" if n else name
+    label = f"{name}-{n}" if n else name
+    if params.get("denoiser") == "mlp1" and params.get("closed_form", True):  # DreamRec's closed-form sampler
+        return label + "-closed"
+    return label + ("-loop" if "closed_form" in params or params.get("denoiser") == "mlp1" else "")
 
 
 def _start_server(run_dir: Path, port: int, args: argparse.Namespace, workers: int) -> subprocess.Popen:

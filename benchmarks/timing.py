@@ -12,8 +12,9 @@ For each model (built from its config, initial weights: speed does not depend on
   window's rate is kept in the JSON); also the implied seconds per epoch;
 * evaluation sequences per second: ``evaluate`` on the whole test split (full ranking), best of
   ``--repeat``; DreamRec at its configured sampler and at each extra ``--samplers`` entry
-  (``ddpm`` = all T steps, ``ddim:S``, ``onestep``); the first ``--samplers`` entry is the one
-  compared with SASRec. ``--set`` overrides DreamRec's config (e.g. the T chosen by Table 1).
+  (``ddpm`` = all T steps, ``ddim:S``, ``onestep``; ``/loop`` = step by step, where the ``mlp1`` denoiser
+  otherwise draws from the chain's closed form, ``dreamrec.diffusion.affine_chain``); the first ``--samplers``
+  entry is the one compared with SASRec. ``--set`` overrides DreamRec's config (e.g. the T chosen by Table 1).
 
 ``--official`` runs the authors' DreamRec code from a plain checkout in the same invocation, with the same
 thread count, before ours (``official_dreamrec.py``), and the speed-up ratios divide by what it measured; without
@@ -99,12 +100,16 @@ def train_speed(model: torch.nn.Module, ds: PreparedDataset, cfg: Any, n: int, w
             "batch_size": cfg.train.batch_size}
 
 
-def parse_sampler(text: str, cfg: Any) -> tuple[str, int | None]:
-    """``config`` | ``ddpm`` | ``ddim:S`` | ``onestep`` -> (sampler, steps; None = all T)."""
+def parse_sampler(text: str, cfg: Any) -> tuple[str, int | None, bool]:
+    """``config`` | ``ddpm`` | ``ddim:S`` | ``onestep``, each optionally ``/loop`` -> (sampler, steps; None = all
+    T, loop). ``/loop`` runs the step-by-step reverse process even where the closed form applies (``mlp1``)."""
+    text, _, loop = text.partition("/")
+    if loop not in ("", "loop"):
+        raise ValueError(f"unknown sampler suffix /{loop} (expected /loop)")
     if text == "config":
-        return cfg.sampler, cfg.sampler_steps
+        return cfg.sampler, cfg.sampler_steps, bool(loop)
     name, _, steps = text.partition(":")
-    return name, int(steps) if steps else None
+    return name, int(steps) if steps else None, bool(loop)
 
 
 def markdown(rec: dict[str, Any]) -> str:
@@ -133,6 +138,13 @@ def markdown(rec: dict[str, Any]) -> str:
         lines += ["", "The authors' code was not run in this invocation (`--official CHECKOUT`): no speed-up is reported."]
     for k, v in rec.get("ratios", {}).items():
         lines.append(f"- {k}: {v:.2f}")
+    if any("closed form" in (r.get("sampler") or "") for r in rec["rows"]):
+        lines += ["", "A `closed form` row draws `x_0` from the exact output law of the whole reverse process (DreamRec's "
+                  "`mlp1` denoiser is affine in `x_t`: `src/dreamrec/diffusion/affine_chain.py`, the default); a `loop` "
+                  "row runs the same sampler step by step. Same distribution, other noise draws: "
+                  "`benchmarks/results/timing/closed_form_zhihu.json` compares their test metrics on a trained run."]
+    lines += ["", "Where a training step's time goes: `benchmarks/results/timing/profile_dreamrec-zhihu.md` "
+              "(`benchmarks/profile_step.py`)."]
     du = rec.get("diffurec")
     if du:
         t = du["timing"]
@@ -159,7 +171,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["dreamrec", "sasrec"], choices=sorted(CONFIGS))
     ap.add_argument("--config", nargs="*", default=[], help="MODEL=PATH to replace a model's config")
     ap.add_argument("--samplers", nargs="*", default=["config", "ddpm", "onestep"],
-                    help="DreamRec evaluation samplers: config | ddpm | ddim:S | onestep")
+                    help="DreamRec evaluation samplers: config | ddpm | ddim:S | onestep, each optionally /loop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's choice)")
     ap.add_argument("--batches", type=int, default=50)
@@ -227,9 +239,12 @@ def main() -> None:
             row: dict[str, Any] = {"model": name, "config": str(configs[name]), "train": tr}
             if s is not None:
                 model.set_sampler(s[0], s[1])
+                model.config = model.config.model_copy(update={"closed_form": not s[2]})
                 T = model.config.timesteps
                 steps = 1 if s[0] == "onestep" else (s[1] or T)
-                row.update(sampler=label(s[0], steps) + f" (T={T}, w={model.config.guidance_w:g})",
+                how = " closed form" if model.output_law(torch.device(args.device), torch.float32) else (
+                    " loop" if s[0] != "onestep" else "")
+                row.update(sampler=label(s[0], steps) + how + f" (T={T}, w={model.config.guidance_w:g})",
                            default=s == samplers[0])
             row["eval"] = timed_evaluate(model, ds.test, batch_size=cfg.train.eval_batch_size, device=args.device,
                                          repeat=args.repeat)

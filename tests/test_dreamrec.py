@@ -100,8 +100,9 @@ def test_loss_decreases() -> None:
 @pytest.mark.parametrize("denoiser,rows", [("mlp1", 6), ("mlp2", 12)])
 def test_generation_is_one_guided_call_per_step_and_seeded(denoiser: str, rows: int) -> None:
     """One network call per step: on 2B rows ([c; ∅]), or on B rows for the affine mlp1, whose guided
-    prediction is the network with the condition projection (1 + w) W_c c - w W_c ∅."""
-    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0, "denoiser": denoiser})
+    prediction is the network with the condition projection (1 + w) W_c c - w W_c ∅. (The loop: mlp1's default
+    closed form makes no network call at all, below.)"""
+    model = build_model("dreamrec", 30, 8, {**SMALL, "guidance_w": 2.0, "denoiser": denoiser, "closed_form": False})
     model.eval()
     sizes: list[int] = []
     model.denoiser.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[0]))
@@ -113,6 +114,13 @@ def test_generation_is_one_guided_call_per_step_and_seeded(denoiser: str, rows: 
     torch.manual_seed(5)
     assert torch.equal(b, model.score(h))  # noise from torch's global generator
     assert not torch.equal(a, b)
+    if denoiser == "mlp1":
+        model.config = model.config.model_copy(update={"closed_form": True})
+        sizes.clear()
+        torch.manual_seed(5)
+        c = model.score(h)
+        torch.manual_seed(5)
+        assert sizes == [] and torch.equal(c, model.score(h)) and not torch.equal(b, c)
     ev = [evaluate(model, _rows(h), ks=(5,), seed=3) for _ in range(2)]
     assert ev[0] == ev[1]  # the evaluator seeds it: deterministic
 

@@ -210,6 +210,23 @@ class DiffusionScheduler:
         self._c_xt = c_xt
         self._sigma = sigma
 
+    def step_coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a, b, sigma)`` [S] in float64, grid order: :meth:`step` at the ``i``-th grid point is
+        ``a_i x_t + b_i x0_hat + sigma_i z`` for an x0-prediction (DDPM: ``a = coef2``, ``b = coef1``; DDIM:
+        ``eps_hat = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)`` folded in; one-step: ``a = 0``, ``b = 1``).
+        Used by :mod:`dreamrec.diffusion.affine_chain`."""
+        if self.prediction_type != "x0":
+            raise ValueError("step_coefficients: the update is affine in (x_t, x0_hat) for x0-prediction only")
+        if self.sampler == "ddim":
+            assert self._c_eps is not None
+            abar = self._abar64[self.timesteps]
+            a = self._c_eps / (1 - abar).sqrt()
+            b = self._c_x0 - a * abar.sqrt()
+        else:
+            assert self._c_xt is not None
+            a, b = self._c_xt, self._c_x0
+        return a.clone(), b.clone(), self._sigma.clone()
+
     def previous_timestep(self, t: int) -> int:
         """The grid point after ``t`` (``-1`` = clean data)."""
         return self._prev[int(t)]

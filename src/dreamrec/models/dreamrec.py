@@ -17,7 +17,10 @@ models of :mod:`dreamrec.models.dreamrec_variants`.
   (Eq. 3) and the x0-loss ``|| x_0 - f(x_t, c, t) ||^2`` (Eq. 14) with NO negative sampling.
 * generation (Algorithm 2): ``x_T ~ N(0, I)``, then the reverse process over all ``T`` steps with
   the guided prediction ``(1 + w) f(x_t, c, t) - w f(x_t, ∅, t)`` (Eq. 15) from one batched call on
-  ``2B`` rows per step, or on ``B`` rows for ``mlp1``, which is affine in ``c`` (:func:`guided_model_fn`); the generated ``x_0`` is the query, and ``score = x_0 E[1:]^T``.
+  ``2B`` rows per step, or on ``B`` rows for ``mlp1``, which is affine in ``c`` (:func:`guided_model_fn`); the
+  generated ``x_0`` is the query, and ``score = x_0 E[1:]^T``. ``mlp1`` is affine in ``x_t`` too, so the whole
+  reverse process is a linear-Gaussian chain: with ``closed_form`` (the default) ``x_0`` is drawn from its exact
+  output law in one step (:mod:`dreamrec.diffusion.affine_chain`; same distribution, other noise draws).
 
 The options are those of the diffusion model: the encoder's shape, the chain (``timesteps``,
 ``beta_schedule``), the denoiser ``f`` (``mlp1`` as the authors' README commands, ``mlp2``), the
@@ -48,6 +51,7 @@ from torch import nn
 from dreamrec import keyed_noise
 from dreamrec.data.batching import Batch
 from dreamrec.diffusion import ClassifierFreeGuidance, DiffusionScheduler, drop_condition, sample
+from dreamrec.diffusion.affine_chain import AffineChain, affine_chain
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, SequentialRecommender, switch_sampler
@@ -82,6 +86,9 @@ class DreamRecConfig(ModelConfig):
     sampler: Sampler = "ddpm"
     sampler_steps: int | None = Field(None, ge=1, description="S for ddim/ddpm; None = all T steps")
     ddim_eta: float = Field(0.0, ge=0, le=1)
+    closed_form: bool = Field(
+        True, description="with an mlp1 denoiser (affine in x_t), draw x_0 from the sampler's exact output law in "
+        "one step instead of looping over the steps (same distribution, other noise draws; dreamrec.diffusion.affine_chain)")
 
     @model_validator(mode="after")
     def _check(self) -> "DreamRecConfig":
@@ -101,6 +108,13 @@ def history_mean(history: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return sums / real.cumsum(dim=1).clamp_min(1.0)
 
 
+def guided_condition(f: MLPDenoiser, c: torch.Tensor, null_c: torch.Tensor, w: float) -> torch.Tensor:
+    """``(1 + w) W_c c - w W_c ∅`` [B, d]: the condition's share of Eq. 15's guided prediction when ``f`` is
+    affine in its condition (``mlp1``); ``W_c c`` alone at ``w = 0``."""
+    proj = f.project_condition(c)
+    return proj if w == 0 else (1 + w) * proj - w * f.project_condition(null_c.to(c.dtype))
+
+
 def guided_model_fn(
     f: MLPDenoiser, c: torch.Tensor, null_c: torch.Tensor, w: float, **fixed: torch.Tensor | float
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -113,7 +127,7 @@ def guided_model_fn(
     condition projection ``(1 + w) W_c c - w W_c ∅``, so each step is one call on ``B`` rows (equal to the
     two-branch mix up to float rounding); otherwise each step is one call on the ``2B`` rows ``[c; ∅]``."""
     if getattr(f, "affine_in_condition", False) and w != 0 and not fixed:
-        c_proj = (1 + w) * f.project_condition(c) - w * f.project_condition(null_c.to(c.dtype))
+        c_proj = guided_condition(f, c, null_c, w)
         # the guidance is inside c_proj: the sampler calls f on the conditional rows alone (w = 0 below)
         return ClassifierFreeGuidance(partial(f, c_proj=c_proj), c, null_c, 0.0)
     model_fn = ClassifierFreeGuidance(f, c, null_c, w)
@@ -159,6 +173,7 @@ class DreamRec(SequentialRecommender):
             beta_max=config.beta_max,
         )
         self.scheduler.set_timesteps(config.sampler_steps, sampler=config.sampler, eta=config.ddim_eta)
+        self._law_cache: tuple[tuple, torch.Tensor, AffineChain] | None = None  # see output_law
 
     def build_denoiser(self, config: DreamRecConfig) -> MLPDenoiser:
         """``f(x_t, c, t) = MLP([x_t; c; tau(t)])`` (Sec. 4.2.2)."""
@@ -228,8 +243,31 @@ class DreamRec(SequentialRecommender):
         """The oracle items ``e_n^0`` [B, d] generated for each history: ``x_T ~ N(0, I)``, then the
         scheduler's reverse steps with the guided prediction of Eq. 15."""
         c = self.guidance(history[:, -self.max_len :])
+        chain = self.output_law(c.device, c.dtype)
+        if chain is not None:  # the same law as the loop below, in one step (closed_form)
+            u = guided_condition(self.denoiser, c, self.null_condition, self.config.guidance_w)
+            return chain.sample(u, keyed_noise.randn(tuple(u.shape), device=c.device, dtype=c.dtype))
         model_fn = guided_model_fn(self.denoiser, c, self.null_condition, self.config.guidance_w)
         return sample(model_fn, self.scheduler, (c.shape[0], self.config.hidden), device=c.device, dtype=c.dtype)
+
+    def output_law(self, device: torch.device, dtype: torch.dtype) -> AffineChain | None:
+        """The generated ``x_0``'s law ``G u + g + L eps`` (:mod:`dreamrec.diffusion.affine_chain`) when
+        ``closed_form`` is on, the sampler is ``ddpm`` or ``ddim`` and the denoiser is affine in ``x_t``
+        (``mlp1``); None otherwise. Cached until
+        the denoiser's weights, the sampler, the device or the dtype change."""
+        f, sched = self.denoiser, self.scheduler
+        if not (self.config.closed_form and getattr(f, "affine_in_condition", False) and sched.prediction_type == "x0"
+                and sched.sampler != "onestep"):  # one step is one network call already
+            return None
+        key = (tuple((p.data_ptr(), p._version) for p in f.parameters()), sched.sampler, sched.eta, sched.variance,
+               device, dtype)
+        cached = self._law_cache
+        if cached is not None and cached[0] == key and cached[1] is sched.timesteps:
+            return cached[2]
+        A, k = f.affine_parts(sched.timesteps.to(device))
+        chain = affine_chain(A, k, *sched.step_coefficients()).to(device, dtype)
+        self._law_cache = (key, sched.timesteps, chain)
+        return chain
 
     def set_sampler(
         self,

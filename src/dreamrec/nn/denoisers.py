@@ -113,6 +113,15 @@ class MLPDenoiser(nn.Module):
         projection ``(1 + w) W_c c - w W_c ∅`` (``c_proj``), one call on ``B`` rows instead of ``2B``."""
         return self.fc_out is None and not self.residual and not self.self_condition
 
+    def affine_parts(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A [d, d], k [S, d])`` with ``f(x_t, c, t_i) = A x_t + W_c c + k_i`` for the steps ``t`` [S]
+        (``A = W_x``, ``k_i = W_t tau(t_i) + b``); only when :attr:`affine_in_condition` (``mlp1``)."""
+        if not self.affine_in_condition:
+            raise ValueError("affine_parts needs an mlp1 denoiser without residual or self-conditioning")
+        d, e = self.hidden, self.hidden + self.condition_width
+        W, b = self.fc_in.weight, self.fc_in.bias
+        return W[:, :d], F.linear(self.time_embedding(t.reshape(-1)), W[:, e : e + d], b)
+
     def project_condition(self, c: torch.Tensor) -> torch.Tensor:
         """``W_c c``, the condition's part of the first layer: a sampler computes it once per call
         and passes it to every step as ``c_proj`` (the condition does not change between steps)."""
