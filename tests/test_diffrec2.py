@@ -74,6 +74,28 @@ def test_loss_by_hand(rec_on: str, slot_norm: bool) -> None:
     assert loss.item() == pytest.approx((0.5 * ((h0 - f) ** 2).sum(1).mean() + rec[rec_on]).item(), rel=1e-5)
 
 
+def test_target_grad_stops_the_mse_gradient_at_the_target_only() -> None:
+    """target_grad false (a labelled variant): the same loss value; the item table's gradient is the one of the
+    loss with the MSE target h0 held constant (it still reaches the table through the slot and the history)."""
+    batch = Batch(history=torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), target=torch.tensor([4, 8]))
+    grads, values = [], []
+    for target_grad in (True, False):
+        model = _model(rec_on="prediction", target_grad=target_grad).train()
+        torch.manual_seed(3)
+        loss = model.loss(batch)
+        values.append(loss.item())
+        grads.append(torch.autograd.grad(loss, model.item_embedding.weight)[0])
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    model = _model(rec_on="prediction").train()
+    torch.manual_seed(3)
+    h0 = model.slot_vector(batch.target)
+    n = model.scheduler.sample_timesteps(2)
+    f = model.denoise(batch.history, model.scheduler.add_noise(h0, torch.randn_like(h0), n), n)
+    by_hand = (h0.detach() - f).square().sum(-1).mean() + F.cross_entropy(model.rounding(f), batch.target - 1)
+    torch.testing.assert_close(torch.autograd.grad(by_hand, model.item_embedding.weight)[0], grads[1])
+    assert not torch.allclose(grads[0], grads[1])
+
+
 def test_rounding_loss_reaches_the_denoiser() -> None:
     """The defaults: the rounding loss (the loss without its MSE term) has a gradient on the Transformer's
     blocks, since it is also computed on f_theta's prediction (on h_T^0 alone, the denoiser learns by MSE only)."""
