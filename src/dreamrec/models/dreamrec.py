@@ -202,7 +202,10 @@ class DreamRec(SequentialRecommender):
         history = batch.history[:, -self.max_len :]
         B, L = history.shape
         rows = self.item_embedding(torch.cat([history.reshape(-1), batch.target]))
-        return self.guidance(history, rows[: B * L].view(B, L, -1)), rows[B * L :]
+        # split, not two slices: its backward concatenates the two gradients instead of zero-filling
+        # a [B * L + B, d] buffer for each slice and adding them
+        hist_rows, target_rows = rows.split([B * L, B])
+        return self.guidance(history, hist_rows.view(B, L, -1)), target_rows
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Algorithm 1, one step on a batch of (history, next item) pairs."""
