@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dreamrec.cli import app
@@ -174,6 +175,18 @@ def test_sampler_options_from_the_command_line(trained, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     r = invoke("recommend", plain, "--history", hist, "--correction-scale", 2)
     assert r.exit_code == 2 and "no sampler option 'correction_scale'" in r.output  # the paper's model has none
+    # --loop / --closed-form: the default (mlp1, DDPM over all T) is the closed form; --loop steps
+    assert load_run(plain).model.output_law(torch.device("cpu"), torch.float32) is not None
+    assert load_run(plain, sampler_options={"closed_form": False}).model.config.closed_form is False
+    loop = invoke("recommend", plain, "--history", hist, "--k", 5, "--loop")
+    closed = invoke("recommend", plain, "--history", hist, "--k", 5, "--closed-form")
+    assert loop.exit_code == 0 and closed.exit_code == 0, loop.output + closed.output
+    assert json.loads(closed.stdout) == json.loads(invoke("recommend", plain, "--history", hist, "--k", 5).stdout)
+    assert json.loads(loop.stdout)["scores"] != json.loads(closed.stdout)["scores"]  # other noise draws
+    r = invoke("evaluate", plain, "--json", "--loop")
+    assert r.exit_code == 0, r.output
+    r = invoke("evaluate", tmp / "run", "--loop")  # SASRec: no sampler
+    assert r.exit_code == 2 and "no diffusion sampler" in r.output
 
 
 def test_recommend_warns_when_no_history_id_is_in_the_catalog(trained):

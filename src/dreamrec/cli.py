@@ -60,9 +60,17 @@ CORRECTION_SCALE_OPTION = typer.Option(
 )
 
 
-def _sampler_options(guidance_w: float | None, correction_scale: float | None) -> dict[str, float | None]:
+CLOSED_FORM_OPTION = typer.Option(
+    None, "--closed-form/--loop",
+    help="DreamRec with the mlp1 denoiser: draw x_0 from the reverse process's exact output law in one step "
+    "(--closed-form, the default) or run the steps one by one (--loop; same distribution, other noise draws).",
+)
+
+
+def _sampler_options(guidance_w: float | None, correction_scale: float | None,
+                     closed_form: bool | None = None) -> dict[str, float | bool | None]:
     """The ``sampler_options`` of :func:`dreamrec.train.run.load_run` (None: keep the run's value)."""
-    return {"guidance_w": guidance_w, "correction_scale": correction_scale}
+    return {"guidance_w": guidance_w, "correction_scale": correction_scale, "closed_form": closed_form}
 
 
 OVERWRITE_DATASET_HELP = (
@@ -177,6 +185,7 @@ def evaluate(
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
     guidance_w: Optional[float] = GUIDANCE_W_OPTION,
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
+    closed_form: Optional[bool] = CLOSED_FORM_OPTION,
     by_frequency: bool = typer.Option(False, help="Also report the metrics by bucket of the target's number of occurrences in the training data (bucket 0: items never seen in training)."),
     frequency_edges: str = typer.Option("0,1,6,21,51,101", help="Lower edges of those buckets, comma-separated, starting at 0."),
     new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
@@ -197,7 +206,7 @@ def evaluate(
                 raise DreamrecError(f"--frequency-edges must be comma-separated integers, got {frequency_edges!r}") from None
             labels = bucket_labels(edges)
         run = load_run(run_dir, sampler=sampler, steps=steps,
-                       sampler_options=_sampler_options(guidance_w, correction_scale))
+                       sampler_options=_sampler_options(guidance_w, correction_scale, closed_form))
         data_dir = data or run.info.get("data_dir")
         if not data_dir:
             raise DreamrecError(f"{run_dir}: no --data given and the run does not record its dataset")
@@ -260,6 +269,7 @@ def recommend(
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
     guidance_w: Optional[float] = GUIDANCE_W_OPTION,
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
+    closed_form: Optional[bool] = CLOSED_FORM_OPTION,
     new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
 ) -> None:
     """Top-k items (original ids) with scores for one history or a JSONL batch.
@@ -271,7 +281,7 @@ def recommend(
         _fail(DreamrecError("give exactly one of --history or --input"))
     try:
         rec = Recommender.load(run_dir, sampler=sampler, steps=steps,
-                               sampler_options=_sampler_options(guidance_w, correction_scale),
+                               sampler_options=_sampler_options(guidance_w, correction_scale, closed_form),
                                new_item_offset=new_item_offset)
         if history is not None:
             items = _parse_history(history)
@@ -367,6 +377,7 @@ def serve(
     steps: Optional[int] = typer.Option(None, min=1, help="Diffusion models: sampler steps S (default: the run's; all T for ddpm)."),
     guidance_w: Optional[float] = GUIDANCE_W_OPTION,
     correction_scale: Optional[float] = CORRECTION_SCALE_OPTION,
+    closed_form: Optional[bool] = CLOSED_FORM_OPTION,
     new_item_offset: Optional[float] = NEW_ITEM_OFFSET_OPTION,
 ) -> None:
     """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /items/{id}, /health, /metrics, /docs.
@@ -385,7 +396,7 @@ def serve(
     except ImportError:
         _fail(DreamrecError("serving needs the 'serve' extra: pip install 'dreamrec[serve]'"))
 
-    options = _sampler_options(guidance_w, correction_scale)
+    options = _sampler_options(guidance_w, correction_scale, closed_form)
     os.environ["DREAMREC_RUN_DIR"] = str(run_dir.resolve())
     os.environ["DREAMREC_INDEX"] = index
     os.environ["DREAMREC_SAMPLER"] = sampler or ""

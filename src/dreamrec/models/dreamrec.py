@@ -279,12 +279,14 @@ class DreamRec(SequentialRecommender):
         *,
         eta: float | None = None,
         guidance_w: float | None = None,
+        closed_form: bool | None = None,
     ) -> None:
         """Change how :meth:`generate` samples (no retraining): ``sampler`` (ddpm | ddim | onestep),
-        ``steps`` (S; None = all T steps), ``eta`` (DDIM) and the guidance strength ``w``.
-        Arguments left as None keep their value, except ``steps``, which is set whenever
-        ``sampler`` is given. ``self.config`` is updated (and validated) to match."""
-        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w)
+        ``steps`` (S; None = all T steps), ``eta`` (DDIM), the guidance strength ``w`` and ``closed_form``
+        (False: step by step even where the closed form applies). Arguments left as None keep their value,
+        except ``steps``, which is set whenever ``sampler`` is given. ``self.config`` is updated (and
+        validated) to match."""
+        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w, closed_form=closed_form)
 
     def query(self, history: torch.Tensor) -> torch.Tensor:
         """One generated oracle item per history [B, d]."""

@@ -295,9 +295,11 @@ class DreamRecAblation(DreamRec):
         eta: float | None = None,
         guidance_w: float | None = None,
         correction_scale: float | None = None,
+        closed_form: bool | None = None,
     ) -> None:
         """DreamRec's :meth:`~DreamRec.set_sampler` plus the residual ``correction_scale``."""
-        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w, correction_scale=correction_scale)
+        switch_sampler(self, sampler, steps, ddim_eta=eta, guidance_w=guidance_w, correction_scale=correction_scale,
+                       closed_form=closed_form)
 
     def score(self, history: torch.Tensor) -> torch.Tensor:
         """[B, n_items]: ``x_0 E^T``, or with ``draws = K > 1`` the log-probability of each item under the
