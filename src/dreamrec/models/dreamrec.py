@@ -246,12 +246,20 @@ class DreamRec(SequentialRecommender):
         """The oracle items ``e_n^0`` [B, d] generated for each history: ``x_T ~ N(0, I)``, then the
         scheduler's reverse steps with the guided prediction of Eq. 15."""
         c = self.guidance(history[:, -self.max_len :])
-        chain = self.output_law(c.device, c.dtype)
-        if chain is not None:  # the same law as the loop below, in one step (closed_form)
-            u = guided_condition(self.denoiser, c, self.null_condition, self.config.guidance_w)
-            return chain.sample(u, keyed_noise.randn(tuple(u.shape), device=c.device, dtype=c.dtype))
+        x0 = self.closed_form_draw(c, self.null_condition)
+        if x0 is not None:  # the same law as the loop below, in one step (closed_form)
+            return x0
         model_fn = guided_model_fn(self.denoiser, c, self.null_condition, self.config.guidance_w)
         return sample(model_fn, self.scheduler, (c.shape[0], self.config.hidden), device=c.device, dtype=c.dtype)
+
+    def closed_form_draw(self, c: torch.Tensor, null_c: torch.Tensor) -> torch.Tensor | None:
+        """One draw ``x_0`` [B, d] per condition row of ``c`` from :meth:`output_law` (keyed noise), guided by
+        ``null_c`` at the config's ``w``; None where the closed form does not apply (then loop)."""
+        chain = self.output_law(c.device, c.dtype)
+        if chain is None:
+            return None
+        u = guided_condition(self.denoiser, c, null_c, self.config.guidance_w)
+        return chain.sample(u, keyed_noise.randn((c.shape[0], self.config.hidden), device=c.device, dtype=c.dtype))
 
     def output_law(self, device: torch.device, dtype: torch.dtype) -> AffineChain | None:
         """The generated ``x_0``'s law ``G u + g + L eps`` (:mod:`dreamrec.diffusion.affine_chain`) when
@@ -267,8 +275,9 @@ class DreamRec(SequentialRecommender):
         cached = self._law_cache
         if cached is not None and cached[0] == key and cached[1] is sched.timesteps:
             return cached[2]
-        A, k = f.affine_parts(sched.timesteps.to(device))
-        chain = affine_chain(A, k, *sched.step_coefficients()).to(device, dtype)
+        with torch.no_grad():  # a cached constant: no autograd graph kept alive, whoever calls
+            A, k = f.affine_parts(sched.timesteps.to(device))
+            chain = affine_chain(A, k, *sched.step_coefficients()).to(device, dtype)
         self._law_cache = (key, sched.timesteps, chain)
         return chain
 

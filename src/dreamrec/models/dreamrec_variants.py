@@ -48,13 +48,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from dreamrec import keyed_noise
 from dreamrec.data.batching import Batch
 from dreamrec.diffusion import ClassifierFreeGuidance, drop_condition, sample
 from dreamrec.diffusion.scheduler import Sampler
 from dreamrec.diffusion.schedules import BetaSchedule
 from dreamrec.models.base import ModelConfig, switch_sampler
-from dreamrec.models.dreamrec import DreamRec, DreamRecConfig, guided_condition, guided_model_fn, history_mean
+from dreamrec.models.dreamrec import DreamRec, DreamRecConfig, guided_model_fn, history_mean
 from dreamrec.models.sasrec import labelled_positions
 from dreamrec.nn.denoisers import DenoiserType, MLPDenoiser, SelfConditioned
 from dreamrec.nn.encoders import item_table
@@ -274,10 +273,9 @@ class DreamRecAblation(DreamRec):
         fixed: dict[str, torch.Tensor | float] = {}
         if self.config.correction_scale != 1.0:  # passed only when set: s = 1 is the plain denoiser call
             fixed["correction_scale"] = self.config.correction_scale
-        chain = None if (x_T is not None or fixed) else self.output_law(c.device, c.dtype)
-        if chain is not None:  # the loop's law in one step (closed_form, mlp1 only)
-            u = guided_condition(self.denoiser, c, self.null(), self.config.guidance_w)
-            return chain.sample(u, keyed_noise.randn((c.shape[0], self.config.hidden), device=c.device, dtype=c.dtype))
+        x0 = None if (x_T is not None or fixed) else self.closed_form_draw(c, self.null())
+        if x0 is not None:  # the loop's law in one step (closed_form, mlp1 only)
+            return x0
         if self.config.self_condition:
             model_fn = ClassifierFreeGuidance(self.denoiser, c, self.null(), self.config.guidance_w)
             fixed["c_proj"] = self.denoiser.project_condition(model_fn.condition)
