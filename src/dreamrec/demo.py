@@ -25,6 +25,8 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
     # the hashing text encoder needs no download and no `text` extra
     "idreamrec": {"text_encoder": "hashing:32", "hidden": 32, "n_layers": 1, "n_heads": 2, "timesteps": 100,
                   "beta_end": 0.2, "transform": "scaling"},
+    "idreamrec-residual": {"text_encoder": "hashing:32", "hidden": 32, "n_layers": 1, "n_heads": 2, "timesteps": 100,
+                           "beta_end": 0.2, "transform": "scaling"},
     "sasrec": {"hidden": 64, "n_layers": 1, "dropout": 0.2},
     "gru4rec": {"embedding": 64, "hidden": 64},
     "caser": {"hidden": 32, "window": 5, "n_h": 8, "n_v": 4},

@@ -214,6 +214,15 @@ class IDreamRec(SequentialRecommender):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def item_embeddings(self) -> torch.Tensor:
+        """``[n + 1, D]``: the item table, the history tokens, the diffusion targets and the retrieval keys; here
+        the fixed text table :meth:`text_table`."""
+        return self.text_table()
+
+    def target_embeddings(self, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``x_0 [B, D]``: the targets' rows of the item table ``table`` (a hook for variants)."""
+        return table[target]
+
+    def text_table(self) -> torch.Tensor:
         """``[n + 1, D]``: ``A(e_j)`` for items 1..n, row 0 zero (padding). Cached; the table is fixed.
 
         Built with autocast off, in the model's own dtype: the first call may come inside the trainer's
@@ -228,10 +237,11 @@ class IDreamRec(SequentialRecommender):
         return self._table
 
     # -- conditions ----------------------------------------------------------------------------
-    def _history(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _history(self, history: torch.Tensor, table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The history tokens (rows of the item table ``table``, default :meth:`item_embeddings`) and their mask."""
         if history.shape[1] > self.max_len:
             history = history[:, -self.max_len :]
-        return self.item_embeddings()[history], history > 0
+        return (self.item_embeddings() if table is None else table)[history], history > 0
 
     def _training_intents(self, target: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One random intention of each row's target (probability ``p_intent``), else none."""
@@ -249,9 +259,10 @@ class IDreamRec(SequentialRecommender):
     def loss(self, batch: Batch) -> torch.Tensor:
         """x0 loss ``|| A(e_n) - f(x_t, h, iota, t) ||^2`` with conditions dropped at ``p_uncond``."""
         cfg = self.config
-        x0 = self.item_embeddings()[batch.target]
+        table = self.item_embeddings()
+        x0 = self.target_embeddings(table, batch.target)
         B = x0.shape[0]
-        h_emb, h_mask = self._history(batch.history)
+        h_emb, h_mask = self._history(batch.history, table)
         h_mask = h_mask & ~drop_mask(B, cfg.p_uncond_history, x0.device)[:, None]
         i_emb, i_mask = self._training_intents(batch.target)
         if i_mask is not None:

@@ -21,13 +21,15 @@ from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.dreamrec_variants import DreamRecAblation, ResHeadCE, split_legacy_params
 from dreamrec.models.gru4rec import GRU4Rec
 from dreamrec.models.idreamrec import IDreamRec
+from dreamrec.models.idreamrec_variants import IDreamRecResidual
 from dreamrec.models.popularity import Popularity
 from dreamrec.models.sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
     cls.name: cls
     for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, DiffuRecSys, IDreamRec, DiffRec, DiQDiff,
-                DimeRec, DiffRec2, DDRM, DreamRecAblation, ResHeadCE, DiQDiffAblation, ResHeadCEDiQDiff)
+                DimeRec, DiffRec2, DDRM, DreamRecAblation, ResHeadCE, DiQDiffAblation, ResHeadCEDiQDiff,
+                IDreamRecResidual)
 }
 
 
