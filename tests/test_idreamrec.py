@@ -1,4 +1,6 @@
-"""iDreamRec: DiT denoiser, two-condition guidance, learning, intentions, cold start, artifacts, CLI."""
+"""iDreamRec: DiT denoiser, two-condition guidance, learning, intentions, cold start, artifacts, CLI; and the
+idreamrec-residual variant (a learned residual per item on the text table)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +16,7 @@ from dreamrec.eval.coldstart import cold_start_split, evaluate_cold_start
 from dreamrec.eval.evaluate import evaluate
 from dreamrec.eval.intents import evaluate_with_intents
 from dreamrec.models.idreamrec import IDreamRec, IDreamRecConfig
+from dreamrec.models.idreamrec_variants import IDreamRecResidual, IDreamRecResidualConfig
 from dreamrec.models.popularity import Popularity
 from dreamrec.nn.dit import DiTContext, InContextDiT
 from dreamrec.data.synthetic import topic_text
@@ -249,3 +252,76 @@ def test_artifact_reload_and_cli_intent(data, tmp_path, monkeypatch):
     assert len(out) == 2 and out[0]["items"] == a.items
     same = rec.recommend_batch([hist, []], k=5, intents=["jazz saxophone evening club", "rocket orbit"])
     assert out[1]["items"] == same[1].items  # the line without an intent got --intent
+
+
+# -- idreamrec-residual ----------------------------------------------------------------------------
+def _model(cls, cfg_cls, ds, tmp, **over):
+    model = cls(ds.n_items, 10, cfg_cls(**{**FAST, "text_cache_dir": str(tmp / "cache"), **over}))
+    model.fit_statistics(ds)
+    return model
+
+
+def test_residual_starts_as_idreamrec(data, tmp_path):
+    """idreamrec-residual (not the paper's method): at initialisation (r = 0) it has iDreamRec's table, loss and
+    scores."""
+    data = data.dataset
+    torch.manual_seed(0)
+    base = _model(IDreamRec, IDreamRecConfig, data, tmp_path)
+    torch.manual_seed(0)
+    resid = _model(IDreamRecResidual, IDreamRecResidualConfig, data, tmp_path)
+    resid.load_state_dict({**base.state_dict(), "item_residual.weight": resid.item_residual.weight}, strict=True)
+    assert torch.equal(resid.item_embeddings(), base.item_embeddings())
+    batch = Batch(torch.from_numpy(data.val.history[:64, -10:].copy()), torch.from_numpy(data.val.target[:64].copy()))
+    losses = []
+    for m in (base, resid):
+        torch.manual_seed(1)
+        losses.append(m.loss(batch))
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    base.eval(), resid.eval()
+    torch.manual_seed(2)
+    a = base.score(batch.history)
+    torch.manual_seed(2)
+    torch.testing.assert_close(resid.score(batch.history), a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target,target_gets_grad", [("stopgrad", False), ("joint", True)])
+def test_residual_gradient_paths(data, tmp_path, target, target_gets_grad):
+    """Empty histories: the residual learns only through the x0 target, which ``stopgrad`` cuts."""
+    data = data.dataset
+    model = _model(IDreamRecResidual, IDreamRecResidualConfig, data, tmp_path, residual_target=target)
+    model.train()
+    batch = Batch(torch.zeros(8, 10, dtype=torch.long), torch.arange(1, 9))
+    model.loss(batch).backward()
+    grad = model.item_residual.weight.grad
+    assert (grad[1:9].abs().sum() > 0) == target_gets_grad
+    assert grad[9:].abs().sum() == 0
+
+
+def test_residual_cold_items_keep_their_text(data, tmp_path):
+    """Items never trained on keep r = 0 after training (ranked by their text alone); trained ones move."""
+    ds, cold = cold_start_split(data.dataset, frac=0.1, seed=0)
+    torch.manual_seed(0)
+    model = _model(IDreamRecResidual, IDreamRecResidualConfig, ds, tmp_path)
+    train(model, ds, TrainConfig(**{**TRAIN, "epochs": 2}), tmp_path / "run", progress=False)
+    r = model.item_residual.weight.detach()
+    assert r[torch.from_numpy(cold)].abs().sum() == 0
+    warm = np.setdiff1d(np.arange(1, ds.n_items + 1), cold)
+    assert (r[torch.from_numpy(warm)].abs().sum(1) > 0).all()
+    torch.testing.assert_close(model.item_embeddings()[torch.from_numpy(cold)],
+                               model.text_table()[torch.from_numpy(cold)], rtol=0, atol=0)
+
+
+def test_residual_lets_collaborative_signal_in(data, tmp_path):
+    """With the item texts shuffled across items (the text says nothing about an item's topic), the fixed
+    text table cannot find the planted next-topic pattern; the learned residual does better."""
+    data = data.dataset
+    meta = data.item_meta.copy()
+    meta["text"] = meta["text"].values[np.random.default_rng(0).permutation(len(meta))]
+    shuffled = dataclasses.replace(data, item_meta=meta)
+    hr = {}
+    for cls, cfg_cls in ((IDreamRec, IDreamRecConfig), (IDreamRecResidual, IDreamRecResidualConfig)):
+        torch.manual_seed(0)
+        model = cls(data.n_items, 10, cfg_cls(**FAST, text_cache_dir=str(tmp_path / "cache")))
+        train(model, shuffled, TrainConfig(**TRAIN), tmp_path / cls.name, progress=False)
+        hr[cls.name] = evaluate(model, shuffled.test, ks=(20,))["HR@20"]
+    assert hr["idreamrec-residual"] > hr["idreamrec"] + 0.05, hr

@@ -16,8 +16,9 @@ Two choices the method's idea leaves open, made to keep DreamRec's failure out:
 * the target is ``stopgrad(v_n)`` (``residual_target: stopgrad``, default): with a learnable target the x0 loss is
   minimised by moving every target to one point (DreamRec's item table shrinks and collapses), so ``r`` learns
   only through the history tokens, and the target follows it. ``joint`` lets the loss move ``r_n`` too.
-* a cold item (never in a training history or as a target) gets no gradient, so with AdamW's zero-gradient update
-  (``weight_decay`` times a zero row) its ``r_j`` stays zero: it is ranked by its text alone, as in iDreamRec.
+* an item that never appears in a training history (a cold item; with ``joint``, also never as a target) gets no
+  gradient, so under AdamW (a zero gradient moves no moment, and weight decay scales a zero row) its ``r_j`` stays
+  zero: it is generated and ranked by its text alone, as in iDreamRec.
 """
 from __future__ import annotations
 
