@@ -21,6 +21,10 @@ runs ``configs/diffurec/<dataset>.yaml`` / ``configs/diffurecsys/<dataset>.yaml`
 ``eval_every 1`` (our metrics: per-user means, padding never ranked). ``--max-users N`` keeps the same
 N users (drawn with ``--seed``, renumbered 0..N-1, the full item catalog) for both sides.
 
+Resumable: a stopped invocation, run again with the same arguments, continues both sides after their last finished
+epoch (theirs from ``<work>/official-<side>.state.pt``, ours from its run folder's checkpoint), so a 20-epoch run can
+span several sessions.
+
 Writes ``<name>.json`` (settings, machine, per-epoch training loss, validation HR@20 / NDCG@20 and
 seconds of both implementations) and ``<name>.png`` (validation HR@20, NDCG@20 and training loss per
 epoch) to ``--out`` (default ``benchmarks/results/diffurec_official/``); run folders go to ``--work``.
@@ -76,8 +80,13 @@ def subsample(pkl: Path, max_users: int | None, seed: int, out: Path) -> Path:
 
 # -- their code, in a subprocess ----------------------------------------------------------------
 def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int, threads: int,
-                    time_batches: int | None, check: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """Train their model as their ``model_train`` (trainer.py:90-110), validating after every epoch."""
+                    time_batches: int | None, check: bool = False, device: str = "cpu",
+                    state_file: Path | None = None) -> dict[str, Any]:
+    """Train their model as their ``model_train`` (trainer.py:90-110), validating after every epoch.
+
+    With ``state_file`` the run is resumable: after every epoch their model, Adam, StepLR, their timestep sampler
+    and the Python, NumPy and torch random states are saved there (written to a temporary file, then renamed), and a
+    run that finds the file continues after its last epoch with the same random streams as an uninterrupted run."""
     import random
     from argparse import Namespace
 
@@ -105,8 +114,19 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
     if time_batches:
         return {"seconds_per_batch": _time_official(model, optimizer, train_loader, time_batches),
                 "n_batches_per_epoch": len(train_loader)}
-    epochs_out = []
-    for epoch in range(1, epochs + 1):
+    epochs_out: list[dict[str, Any]] = []
+    if state_file is not None and state_file.exists():
+        saved = torch.load(state_file, map_location=device, weights_only=False)  # our own file, written below
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        model.diffu.schedule_sampler = saved["schedule_sampler"]
+        random.setstate(saved["random"])
+        np.random.set_state(saved["numpy"])
+        torch.set_rng_state(saved["torch"])
+        epochs_out = saved["epochs"]
+        print(f"resuming after epoch {len(epochs_out)}", file=sys.stderr, flush=True)
+    for epoch in range(len(epochs_out) + 1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
         losses = []
@@ -132,6 +152,13 @@ def official_worker(side: str, checkout: Path, pkl: Path, epochs: int, seed: int
         epochs_out.append({"epoch": epoch, "loss": float(np.mean(losses)), "last_batch_loss": losses[-1],
                            "val": val, "seconds_train": t_train, "seconds": time.perf_counter() - t0})
         print(json.dumps(epochs_out[-1]), file=sys.stderr, flush=True)
+        if state_file is not None:
+            tmp = state_file.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "schedule_sampler": model.diffu.schedule_sampler,
+                        "random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                        "epochs": epochs_out}, tmp)
+            os.replace(tmp, state_file)
     return {"epochs": epochs_out, "n_batches_per_epoch": len(train_loader)}
 
 
@@ -247,6 +274,8 @@ def run_official(side: str, checkout: Path, pkl: Path, a: argparse.Namespace) ->
         cmd += ["--time-batches", str(a.time_batches)]
     if a.check:
         cmd += ["--check"]
+    elif not a.time_batches:  # a training run: resumable epoch by epoch
+        cmd += ["--state-file", str(Path(a.work) / f"official-{side}.state.pt")]
     cmd += ["--device", a.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "PYTHONPATH": str(ROOT / "src")}  # --check imports dreamrec beside their modules
@@ -279,7 +308,12 @@ def run_ours(side: str, pkl: Path, a: argparse.Namespace, variant: str | None = 
         return {"seconds_per_batch": _time_ours(cfg, ds, a.time_batches), "config": str(path.relative_to(ROOT))}
     run_dir = Path(a.work) / f"ours-{side}{'-' + variant if variant else ''}"
     t0 = time.perf_counter()
-    test = train_run(cfg, Path(a.work) / f"data-{width}", run_dir, dataset=ds, progress=False, log=None)
+    if (run_dir / "metrics.json").exists():  # finished in an earlier invocation
+        test = json.loads((run_dir / "metrics.json").read_text())
+    else:  # resumed from its checkpoint when an earlier invocation was stopped
+        resume = (run_dir / "checkpoint").is_dir()
+        test = train_run(cfg, Path(a.work) / f"data-{width}", run_dir, dataset=ds, progress=False, log=None,
+                         resume=resume, overwrite=run_dir.exists() and not resume)
     epochs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     return {"config": str(path.relative_to(ROOT)), "run_dir": str(run_dir), "seconds_total": time.perf_counter() - t0,
             "epochs": [{"epoch": e["epoch"], "loss": e["loss"], "val": e.get("val"), "seconds": e["seconds"]}
@@ -353,10 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--official-worker", choices=list(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--checkout", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--state-file", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.official_worker:
         res = official_worker(a.official_worker, a.checkout, a.pkl, a.epochs, a.seed, a.threads, a.time_batches,
-                              a.check, a.device)
+                              a.check, a.device, a.state_file)
         a.worker_out.write_text(json.dumps(res))
         return
     from dreamrec.eval.report import command_line, machine
