@@ -7,7 +7,8 @@ name the item's topic) and shuffled across items (they say nothing about it), te
 
 Rows: ``idreamrec`` (the fixed text table), ``idreamrec-residual`` with the stop-gradient target (default) and with
 the joint target, SASRec-CE and popularity for scale. One CPU thread; about 20 s per model and 15 epochs on a quiet
-thread. Writes ``benchmarks/results/survey_checks/idreamrec_residual_planted.json``.
+thread. Writes ``benchmarks/results/survey_checks/idreamrec_residual_planted.json`` after every run; a stopped
+invocation, started again, skips the runs already there.
 """
 from __future__ import annotations
 
@@ -68,25 +69,30 @@ def main() -> None:
     ds = generate(SyntheticConfig(n_users=400, n_items=80, n_topics=4, seed=3)).dataset
     meta = ds.item_meta.copy()
     meta["text"] = meta["text"].values[np.random.default_rng(0).permutation(len(meta))]
-    data = {"texts": ds, "shuffled texts": dataclasses.replace(ds, item_meta=meta)}
+    data = {"shuffled texts": dataclasses.replace(ds, item_meta=meta), "texts": ds}
     pop = build_model("popularity", ds.n_items, 10)
     pop.fit_statistics(ds)
     res: dict[str, Any] = {"command": command_line(), "machine": machine(), "epochs": args.epochs,
-                           "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                            "popularity_test_HR@20": evaluate(pop, ds.test, ks=(20,))["HR@20"], "runs": []}
+    if args.out.exists():  # resume: keep the runs of an earlier invocation with the same epochs
+        old = json.loads(args.out.read_text())
+        if old.get("epochs") == args.epochs:
+            res["runs"] = old["runs"]
+    done = {(r["row"], r["texts"], r["seed"]) for r in res["runs"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for texts, d in data.items():
                 for label, name, params in ROWS:
-                    if name == "sasrec" and texts != "texts":
-                        continue  # no text input: one run
+                    if (name == "sasrec" and texts != "texts") or (label, texts, seed) in done:
+                        continue  # SASRec reads no text: one run
                     run = {"row": label, "texts": texts, "seed": seed,
                            **fit(name, params, d, args.epochs, seed, Path(tmp))}
                     print(f"{label:38s} {texts:15s} seed {seed}: test HR@20 {run['test_HR@20']:.4f} "
                           f"(best epoch {run['best_epoch']}, {run['seconds']:.0f} s)", flush=True)
                     res["runs"].append(run)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
+                    res["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                    args.out.write_text(json.dumps(res, indent=1) + "\n")  # after every run: resumable
     print(f"wrote {args.out}")
 
 
