@@ -42,6 +42,18 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
         "item_init_std": 0.1,
         "emb_dropout": 0.1,
     },
+    # the DiQDiff authors' code (DiffuRec-based) at diffurec's demo size, 8 codes per batch
+    "diqdiff-authors": {
+        "hidden": 32,
+        "n_blocks": 1,
+        "n_heads": 1,
+        "timesteps": 4,
+        "sampler": "ddim",
+        "sampler_steps": 2,
+        "item_init_std": 0.1,
+        "emb_dropout": 0.1,
+        "n_codes": 8,
+    },
     # the DiffuRecSys code's network at the demo's size, as diffurec's
     "diffurecsys": {"hidden": 32, "n_blocks": 1, "n_heads": 1, "timesteps": 4, "sampler": "ddim", "sampler_steps": 2,
                     "item_init_std": 0.1, "emb_dropout": 0.1},

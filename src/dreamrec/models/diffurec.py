@@ -73,6 +73,7 @@ class DiffuRecConfig(ModelConfig):
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the approximator")
     emb_dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the history item embeddings")
     delta: float = Field(0.001, ge=0, description="lambda ~ N(delta, delta): mean and std of the uncertainty")
+    delta_std: float | None = Field(None, ge=0, description="lambda's std when not delta; 0 = lambda fixed at delta")
     position_embedding: bool = Field(False, description="add learned positions to e_i (the authors' code has none)")
     item_init_std: float = Field(1.0, gt=0, description="item table starts at N(0, std^2) (torch's default, as the authors)")
     trim_padding: bool | Literal["auto"] = Field(
@@ -137,6 +138,7 @@ class DiffuRec(SequentialRecommender):
                 n_heads=config.n_heads,
                 dropout=config.dropout,
                 delta=config.delta,
+                delta_std=config.delta_std,
                 num_train_timesteps=config.timesteps,
                 rescale_timesteps=config.rescale_timesteps,
                 cross_attention=config.cross_attention,
@@ -174,8 +176,16 @@ class DiffuRec(SequentialRecommender):
         x_t = self.scheduler.add_noise(x0, self.forward_noise(x0), t)  # Eq. 18-20
         x0_hat = self.approximator(e, valid, x_t, t)
         if self.config.official_padding:  # the padding column is a class of the softmax (model.py:75)
-            return F.cross_entropy(x0_hat @ self.item_embedding.weight.T, batch.target)
-        return softmax_cross_entropy(x0_hat, self.item_embedding.weight, batch.target)
+            ce = F.cross_entropy(x0_hat @ self.item_embedding.weight.T, batch.target)
+        else:
+            ce = softmax_cross_entropy(x0_hat, self.item_embedding.weight, batch.target)
+        extra = self.extra_loss(x0_hat)
+        return ce if extra is None else ce + extra
+
+    def extra_loss(self, x0_hat: torch.Tensor) -> torch.Tensor | None:
+        """A further term on the batch's reconstructions ``x0_hat`` [B, d], added to the loss; None here (a hook
+        for models built on DiffuRec, e.g. the DiQDiff authors' contrastive term)."""
+        return None
 
     # -- reverse phase (Algorithm 2, Algorithm 3) -------------------------------------------------
     @torch.no_grad()

@@ -17,6 +17,7 @@ from dreamrec.models.diffurec import DiffuRec
 from dreamrec.models.diffurecsys import DiffuRecSys
 from dreamrec.models.dimerec import DimeRec
 from dreamrec.models.diqdiff import DiQDiff, DiQDiffAblation, ResHeadCEDiQDiff
+from dreamrec.models.diqdiff_authors import DiQDiffAuthors
 from dreamrec.models.dreamrec import DreamRec
 from dreamrec.models.dreamrec_variants import DreamRecAblation, ResHeadCE, split_legacy_params
 from dreamrec.models.gru4rec import GRU4Rec
@@ -29,7 +30,7 @@ MODELS: dict[str, type[SequentialRecommender]] = {
     cls.name: cls
     for cls in (Popularity, SASRec, GRU4Rec, Caser, CL4SRec, DreamRec, DiffuRec, DiffuRecSys, IDreamRec, DiffRec, DiQDiff,
                 DimeRec, DiffRec2, DDRM, DreamRecAblation, ResHeadCE, DiQDiffAblation, ResHeadCEDiQDiff,
-                IDreamRecResidual)
+                IDreamRecResidual, DiQDiffAuthors)
 }
 
 

@@ -73,11 +73,15 @@ def timestep_embedding(
 
 
 def sample_lambda(shape: torch.Size | tuple[int, ...], delta: float, *, device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``lambda ~ N(delta, delta^2)``: mean ``delta`` and standard deviation ``delta`` (DiffuRec Eq. 15;
-    DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"). Global generator, or
-    per-row keyed noise inside :func:`dreamrec.keyed_noise.keyed_rows`."""
-    return delta + delta * keyed_noise.randn(shape, device=device, dtype=dtype)
+                  dtype: torch.dtype = torch.float32, std: float | None = None) -> torch.Tensor:
+    """``lambda ~ N(delta, std^2)``, ``std`` = ``delta`` by default: mean ``delta`` and standard deviation ``delta``
+    (DiffuRec Eq. 15; DiffuRecSys Sec. 6.2: "mean of 0.001 and a standard deviation of 0.001"); ``std = 0`` gives
+    ``lambda = delta`` everywhere, with no draw. Global generator, or per-row keyed noise inside
+    :func:`dreamrec.keyed_noise.keyed_rows`."""
+    std = delta if std is None else std
+    if std == 0:
+        return torch.full(shape, delta, device=device, dtype=dtype)
+    return delta + std * keyed_noise.randn(shape, device=device, dtype=dtype)
 
 
 def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -170,6 +174,7 @@ class DiffuRecApproximator(nn.Module):
         n_heads: int = 4,
         dropout: float = 0.1,
         delta: float = 0.001,
+        delta_std: float | None = None,
         num_train_timesteps: int = 32,
         rescale_timesteps: bool = True,
         cross_attention: bool = False,
@@ -191,6 +196,7 @@ class DiffuRecApproximator(nn.Module):
         self.trim_padding: TrimPadding = False if official_padding else trim_padding
         self.official_padding = official_padding
         self.delta = delta
+        self.delta_std = delta_std
         self.cross_attention = cross_attention
         self.t_scale = 1000.0 / num_train_timesteps if rescale_timesteps else 1.0
         self.time_mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
@@ -220,7 +226,7 @@ class DiffuRecApproximator(nn.Module):
         """``e`` [B, L, d] history representations, ``valid`` [B, L] bool (real items), ``x_t`` [B, d],
         ``t`` [B] or a shared [1] -> ``x0_hat`` [B, d]."""
         h_t = x_t + self.step_embedding(t)  # x_t + d_t, [B, d]
-        lam = sample_lambda(e.shape, self.delta, device=e.device, dtype=e.dtype)  # lambda_i, [B, L, d]
+        lam = sample_lambda(e.shape, self.delta, device=e.device, dtype=e.dtype, std=self.delta_std)  # [B, L, d]
         if not self.trims(e.device):
             return self._reconstruct(e, valid, lam, h_t)
         return by_length(  # the same computation on fewer padding columns
