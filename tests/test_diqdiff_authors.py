@@ -19,7 +19,7 @@ def test_quantize_codes_are_the_means_of_their_rows() -> None:
     X = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [2.0, 6.0], [5.0, 5.0]], requires_grad=True)
     logits = torch.tensor([[50.0, -50, -50], [50, -50, -50], [-50, 50, -50], [-50, 50, -50], [-50, 50, -50]])
     torch.manual_seed(0)
-    codes, picks = quantize(X, logits, temperature=0.1)
+    codes, picks = quantize(X, lambda flat: logits, temperature=0.1)
     assert picks.tolist() == [0, 0, 1, 1, 1]
     torch.testing.assert_close(codes[0], torch.tensor([2.0, 1.0]))
     torch.testing.assert_close(codes[1], torch.tensor([7.0 / 3, 5.0]))
@@ -30,7 +30,7 @@ def test_quantize_codes_are_the_means_of_their_rows() -> None:
 
 
 def test_quantize_with_fewer_rows_than_codes() -> None:
-    codes, picks = quantize(torch.randn(2, 3, 4), torch.randn(2, 5), temperature=0.1)
+    codes, picks = quantize(torch.randn(2, 3, 4), torch.nn.Linear(12, 5), temperature=0.1)
     assert codes.shape == (5, 3, 4) and picks.shape == (2,)
 
 

@@ -24,7 +24,7 @@ options give the WHUIR approximator, padding and layers):
 Differences from their code: their reverse step scales its noise by ``exp(0.5 * beta~_t)`` (the posterior variance
 where its log belongs); here the posterior variance ``beta~_t`` (``reverse_variance: posterior``). ``x_t`` enters the
 approximator at weight 0.001, so this changes little. A batch with fewer rows than codes (theirs would fail) draws
-the initial codes with replacement.
+no rows for some initial codes; every code is overwritten anyway.
 """
 from __future__ import annotations
 
@@ -58,17 +58,25 @@ class DiQDiffAuthorsConfig(DiffuRecConfig):
     contrast_temperature: float = Field(0.07, gt=0, description="tau_c of L_c's cosine similarities")
 
 
-def quantize(X: torch.Tensor, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes [M, ...], picks [B])`` for one batch ``X [B, ...]`` and code logits ``[B, M]``: each row picks
-    ``argmax`` of a hard Gumbel softmax; code ``m`` is the mean of the rows that picked it, or, if none did, a row of
-    the batch drawn at random. Differentiable in ``X`` (through the means), not in ``logits``."""
-    B, M = logits.shape
+def quantize(X: torch.Tensor, selector: nn.Module, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes [M, ...], picks [B])`` for one batch ``X [B, ...]``: each row picks ``argmax`` of a hard Gumbel softmax
+    over ``selector(vec(X))`` (``[B, M]`` logits); code ``m`` is the mean of the rows that picked it, or, if none did, a
+    row of the batch drawn at random. Differentiable in ``X`` (through the means), not in ``selector``. The random
+    draws come in their code's order (a permutation of the rows, whose initial codes every code then overwrites; the
+    Gumbel noise; one row per empty code, in code order)."""
+    B = X.shape[0]
+    flat = X.reshape(B, -1)
+    torch.randperm(B, device=X.device)  # their initial codes: drawn so that the later draws follow their stream
+    logits = selector(flat)
+    M = logits.shape[1]
     picks = F.gumbel_softmax(logits, tau=temperature, hard=True).argmax(1)
-    start = torch.randperm(B, device=X.device)[:M] if B >= M else torch.randint(B, (M,), device=X.device)
     onehot = F.one_hot(picks, M).to(X.dtype)  # [B, M]
     counts = onehot.sum(0)  # [M]
-    means = (onehot.T @ X.reshape(B, -1)) / counts.clamp(min=1)[:, None]
-    codes = torch.where(counts[:, None] > 0, means, X.reshape(B, -1)[start])
+    codes = (onehot.T @ flat) / counts.clamp(min=1)[:, None]
+    empty = (counts == 0).nonzero().squeeze(1)
+    if len(empty):
+        fill = torch.randint(B, (len(empty),), device=X.device)
+        codes = codes.index_put((empty,), flat[fill])
     return codes.view(M, *X.shape[1:]), picks
 
 
@@ -96,7 +104,7 @@ class DiQDiffAuthors(DiffuRec):
             history = F.pad(history, (self.max_len - L, 0))
         e, valid = super().history_representation(history)
         cfg = self.config
-        codes, picks = quantize(e, self.code_selector(e.reshape(e.shape[0], -1)), cfg.code_temperature)
+        codes, picks = quantize(e, self.code_selector, cfg.code_temperature)
         return cfg.lambda_h * e + cfg.lambda_q * codes[picks], valid
 
     def extra_loss(self, x0_hat: torch.Tensor) -> torch.Tensor | None:
