@@ -20,43 +20,25 @@ _ABLATION: dict[str, Any] = {**_DREAMREC, "sampler": "onestep", "guidance_w": 0.
 # reshead-ce (no diffusion): its Zhihu recipe with a one-block encoder of the demo's size
 _RESHEAD: dict[str, Any] = {"hidden": 64, "n_layers": 1, "n_heads": 1, "inner_size": 64, "dropout": 0.2, "timesteps": 100}
 
+# the hashing text encoder needs no download and no `text` extra
+_IDREAMREC: dict[str, Any] = {"text_encoder": "hashing:32", "hidden": 32, "n_layers": 1, "n_heads": 2, "timesteps": 100,
+                              "beta_end": 0.2, "transform": "scaling"}
+# one small block, T = 4 and two DDIM steps; a N(0, 0.1^2) item table learns far faster than N(0, 1)
+_DIFFUREC: dict[str, Any] = {"hidden": 32, "n_blocks": 1, "n_heads": 1, "timesteps": 4, "sampler": "ddim",
+                             "sampler_steps": 2, "item_init_std": 0.1, "emb_dropout": 0.1}
+
 # small, quick settings per model for the demo (anything not listed uses its defaults)
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
-    # the hashing text encoder needs no download and no `text` extra
-    "idreamrec": {"text_encoder": "hashing:32", "hidden": 32, "n_layers": 1, "n_heads": 2, "timesteps": 100,
-                  "beta_end": 0.2, "transform": "scaling"},
-    "idreamrec-residual": {"text_encoder": "hashing:32", "hidden": 32, "n_layers": 1, "n_heads": 2, "timesteps": 100,
-                           "beta_end": 0.2, "transform": "scaling"},
+    "idreamrec": _IDREAMREC,
+    "idreamrec-residual": _IDREAMREC,
     "sasrec": {"hidden": 64, "n_layers": 1, "dropout": 0.2},
     "gru4rec": {"embedding": 64, "hidden": 64},
     "caser": {"hidden": 32, "window": 5, "n_h": 8, "n_v": 4},
     "cl4srec": {"hidden": 32, "n_layers": 1, "dropout": 0.2},
-    # one small block, T = 4 and two DDIM steps; a N(0, 0.1^2) item table learns far faster than N(0, 1)
-    "diffurec": {
-        "hidden": 32,
-        "n_blocks": 1,
-        "n_heads": 1,
-        "timesteps": 4,
-        "sampler": "ddim",
-        "sampler_steps": 2,
-        "item_init_std": 0.1,
-        "emb_dropout": 0.1,
-    },
-    # the DiQDiff authors' code (DiffuRec-based) at diffurec's demo size, 8 codes per batch
-    "diqdiff-authors": {
-        "hidden": 32,
-        "n_blocks": 1,
-        "n_heads": 1,
-        "timesteps": 4,
-        "sampler": "ddim",
-        "sampler_steps": 2,
-        "item_init_std": 0.1,
-        "emb_dropout": 0.1,
-        "n_codes": 8,
-    },
-    # the DiffuRecSys code's network at the demo's size, as diffurec's
-    "diffurecsys": {"hidden": 32, "n_blocks": 1, "n_heads": 1, "timesteps": 4, "sampler": "ddim", "sampler_steps": 2,
-                    "item_init_std": 0.1, "emb_dropout": 0.1},
+    "diffurec": _DIFFUREC,
+    # the DiQDiff authors' code (DiffuRec-based) and the DiffuRecSys code's network at diffurec's demo size
+    "diqdiff-authors": {**_DIFFUREC, "n_codes": 8},
+    "diffurecsys": _DIFFUREC,
     # T-DiffRec: recency weights and a plain MSE learn the planted topics faster than the paper's SNR weights
     "diffrec": {"dims": [200], "time_weights": [0.1, 1.0], "reweight": False, "dropout": 0.2},
     "dreamrec": _DREAMREC,
