@@ -81,7 +81,9 @@ def quantize(X: torch.Tensor, selector: nn.Module, temperature: float) -> tuple[
 
 
 def discrepancy_loss(x0_hat: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``L_c``: mean over rows of ``log sum_b' exp(cos(x_b, x_b') / tau) - 1 / tau`` (each row its own positive)."""
+    """``L_c``: mean over rows of ``log sum_b' exp(cos(x_b, x_b') / tau) - 1 / tau`` (each row its own positive).
+    The paper's Eq. 14 as :func:`dreamrec.models.diqdiff.contrastive_discrepancy` reads it has no temperature and
+    leaves each row out of its own sum; their code keeps it in and divides by ``tau``."""
     sim = F.cosine_similarity(x0_hat[:, None, :], x0_hat[None, :, :], dim=-1) / temperature
     return F.cross_entropy(sim, torch.arange(len(x0_hat), device=x0_hat.device))
 
