@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from dreamrec.data.dataset import PreparedDataset  # noqa: E402
-from dreamrec.eval.evaluate import rank_targets  # noqa: E402
-from dreamrec.eval.metrics import metrics_from_ranks  # noqa: E402
+from dreamrec.eval.evaluate import evaluate  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.threads import set_threads  # noqa: E402
 from dreamrec.train.checkpoint import best_weights_path, checkpoint_state  # noqa: E402
@@ -66,7 +65,7 @@ def sweep(run_dir: Path, ws: list[float], metric: str, data: Path | None, tmp: P
     def score(split: str, w: float) -> dict[str, float]:
         model.set_sampler(guidance_w=w)
         t0 = time.perf_counter()
-        m = metrics_from_ranks(rank_targets(model, ds.split(split), batch_size=bs, seed=seed))
+        m = evaluate(model, ds.split(split), batch_size=bs, seed=seed)
         m["seconds"] = time.perf_counter() - t0
         print(f"  {run_dir.name} {split} w={w:g}: {metric} {100 * m[metric]:.2f} %", flush=True)
         return m
