@@ -283,6 +283,28 @@ def new_items_section(results: Path = RESULTS) -> str:
 TABLES = RESULTS / "tables"
 SPECS = ROOT.parent / "configs" / "tables"
 DATA_HINT = {"zhihu": "data/dreamrec/zhihu", "beauty": "data/diffurec/beauty.pkl", "ml-1m": "data/diffurec/ml-1m.pkl"}
+DATA_HINT |= {"zhihu-survey": DATA_HINT["zhihu"], "zhihu-diffrec": DATA_HINT["zhihu"], "beauty-diffrec": DATA_HINT["beauty"]}
+
+
+def _still_to_run(spec, spec_path: Path, table: dict) -> list[str]:
+    """A partial table's missing seeds (rows absent, or with fewer seeds than the spec), with their CPU time."""
+    missing = []
+    for row in spec.rows:
+        done = set(table["rows"].get(row.name, {}).get("seeds", []))
+        left = [s for s in spec.seeds if s not in done]
+        if left:
+            missing.append((row, left))
+    if not missing:
+        return []
+    minutes = sum((r.cpu_minutes or 0) * len(left) for r, left in missing)
+    parts = [f"`{r.name}` seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}" for r, left in missing]
+    if "ledger" not in table:  # written before the run ledger: its seeds have no records, and run again with the rest
+        minutes = sum(r.cpu_minutes or 0 for r in spec.rows) * len(spec.seeds)
+        parts[-1] += (" (this table predates the run ledger, so the command trains its other rows again unless their "
+                      "run directories are at hand)")
+    return [f"Still to run: {'; '.join(parts)} (about {minutes / 60:.1f} CPU hours on a 2-core machine): "
+            f"`dreamrec bench configs/tables/{spec_path.name} --data ../shared/{DATA_HINT.get(spec.name, '<split>')} "
+            "--results benchmarks/results/tables --set train.threads=1`.", ""]
 
 
 def paper_tables(tables: Path = TABLES, specs: Path = SPECS) -> str:
@@ -292,8 +314,11 @@ def paper_tables(tables: Path = TABLES, specs: Path = SPECS) -> str:
     out = ["# Benchmark tables", "",
            "One table per paper protocol, each written by one command, `dreamrec bench configs/tables/<name>.yaml "
            "--data <split> --results benchmarks/results/tables`: it prepares the published split, trains every row over "
-           "the seeds with its committed config (`configs/<model>/<dataset>.yaml`), and writes "
-           "`benchmarks/results/tables/<name>.{json,md}` (mean ± sample std over the seeds, Welch's t-test of each row "
+           "the seeds with its committed config (`configs/<model>/<dataset>.yaml`), records each finished seed in the "
+           "table's run ledger `benchmarks/results/tables/<name>.runs.jsonl` (its config, a fingerprint of the split, "
+           "its metrics, when and where it finished: a recorded seed of today's config is not trained again, so a table "
+           "grows over several calls and machines), and writes `benchmarks/results/tables/<name>.{json,md}` from every "
+           "finished seed (mean ± sample std over the seeds, Welch's t-test of each row "
            "against the best baseline, the published numbers beside ours). This page includes those Markdown files "
            "verbatim (`python benchmarks/make_tables.py`). Row names say what ran: a paper's name only where its "
            "method ran (`reshead-ce` is not a diffusion model: `docs/models/dreamrec.md`).", "",
@@ -306,6 +331,7 @@ def paper_tables(tables: Path = TABLES, specs: Path = SPECS) -> str:
         md = tables / f"{spec.name}.md"
         if md.exists():
             out += ["## " + md.read_text().splitlines()[0].lstrip("# "), ""] + md.read_text().splitlines()[1:] + [""]
+            out += _still_to_run(spec, spec_path, json.loads((tables / f"{spec.name}.json").read_text()))
             continue
         minutes = sum(r.cpu_minutes or 0 for r in spec.rows) * len(spec.seeds)
         heavy = [f"`{r.name}` ({r.cpu_minutes / 60:.0f} h per seed)" for r in spec.rows if (r.cpu_minutes or 0) >= 600]

@@ -533,14 +533,15 @@ def bench(
     table: Path = typer.Argument(..., help="A table spec (configs/tables/<name>.yaml)."),
     data: Path = typer.Option(..., "--data", "-d", help="The published split the table is on (a file or folder)."),
     out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Prepared data and run directories (reused)."),
-    results: Optional[Path] = typer.Option(None, help="Where <name>.json and <name>.md go (default OUT/results)."),
-    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds to run (repeatable; default the spec's)."),
-    rows: Optional[str] = typer.Option(None, help="Comma-separated row names (default every row)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override for every row: key=value. Repeatable."),
+    results: Optional[Path] = typer.Option(None, help="Where <name>.json, <name>.md and the run ledger <name>.runs.jsonl go (default OUT/results)."),
+    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds to run (repeatable; default the spec's). The table shows every finished seed."),
+    rows: Optional[str] = typer.Option(None, help="Comma-separated rows to run (default every row). The table shows every row with finished seeds."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override for every row run: key=value. Repeatable."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be trained, resumed or reused, and the CPU time."),
 ) -> None:
     """Reproduce a paper table: prepare the split, train each row over the seeds with its committed config,
-    write JSON and a Markdown table (mean ± std, Welch's p against the best baseline)."""
+    record each finished seed in the table's run ledger, write JSON and a Markdown table (mean ± std, Welch's p
+    against the best baseline). A seed recorded with the same config and split is not trained again."""
     from dreamrec.bench import run_table
 
     try:

@@ -5,7 +5,10 @@ and protocol, the seeds, the metrics, and its rows, each a committed run config 
 spec) with optional overrides, a flag for baselines and the published numbers to print beside ours.
 :func:`run_table` prepares the split from a path, trains every row over the seeds (a finished seed is
 reused, an unfinished one resumed from its checkpoint, a finished one whose config now differs only in
-``train.epochs`` or ``train.patience`` continued from it), and writes ``<name>.json`` and ``<name>.md``: mean
+``train.epochs`` or ``train.patience`` continued from it), records each finished seed in the table's run
+ledger (:mod:`dreamrec.bench.ledger`; a recorded seed of the same config and split is reused when its run
+directory is gone), and writes ``<name>.json`` and ``<name>.md`` from every finished seed of the spec's rows,
+those of earlier calls included (``--rows`` and ``--seed`` choose what trains, not what the table shows): mean
 ± std per metric, Welch's t-test of each row against the best baseline, machine, date and command.
 :func:`plan` is the ``--dry-run``: what would be trained, reused or resumed, and the CPU time it would take
 (each row's ``cpu_minutes`` per seed, measured on a 2-core CPU, where the spec gives one).
@@ -21,63 +24,17 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from dreamrec.config import PrepareConfig, RunConfig, apply_overrides, build_run_config, load_yaml, validation_message
+from dreamrec.bench import ledger as ledger_mod
+from dreamrec.bench.spec import TableRow, TableSpec, load_spec, row_config
+from dreamrec.config import PrepareConfig, RunConfig
 from dreamrec.data.dataset import PreparedDataset
 from dreamrec.errors import ArtifactError, ConfigError
 from dreamrec.eval.report import command_line, machine
 from dreamrec.models.memory import check_model_memory
 from dreamrec.train.resume import resolved_params
 from dreamrec.train.run import resolve, train_run
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TableRow(_Strict):
-    name: str = Field(..., description="the row's label (a paper's name only where its method runs)")
-    config: str = Field(..., description="run config (YAML), relative to the spec file")
-    set: list[str] = Field(default_factory=list, description="key=value overrides of the config")
-    baseline: bool = Field(False, description="a baseline: the rows are tested against the best of these")
-    cpu_minutes: float | None = Field(None, gt=0, description="CPU minutes per seed on a 2-core machine (the plan)")
-    published: dict[str, float] = Field(default_factory=dict, description="published numbers, percent, by metric")
-
-
-class TableSpec(_Strict):
-    name: str
-    title: str
-    format: Literal["csv", "tsv", "parquet", "recbole", "movielens", "dreamrec", "diffurec"]
-    protocol: Literal["dreamrec", "loo"] = "loo"
-    max_len: int | None = Field(None, ge=1, description="history window (default the protocol's)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
-    metrics: list[str] = Field(default_factory=lambda: ["HR@20", "NDCG@20"], min_length=1)
-    published_source: str | None = Field(None, description="where the published numbers come from")
-    rows: list[TableRow] = Field(..., min_length=1)
-
-
-def load_spec(path: str | Path) -> TableSpec:
-    path = Path(path)
-    data = load_yaml(path)
-    try:
-        spec = TableSpec(**data)
-    except ValidationError as e:
-        raise ConfigError(validation_message(e, str(path))) from None
-    names = [r.name for r in spec.rows]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: row names repeat: {sorted({n for n in names if names.count(n) > 1})}")
-    for row in spec.rows:
-        if not (path.parent / row.config).is_file():
-            raise ConfigError(f"{path}: row {row.name!r}: config {row.config!r} not found next to the spec")
-    return spec
-
-
-def row_config(spec_path: Path, row: TableRow, overrides: list[str], seed: int) -> RunConfig:
-    """The run config of ``row`` at ``seed`` (the spec's overrides, then the command's)."""
-    path = Path(spec_path).parent / row.config
-    data = apply_overrides(load_yaml(path), [*row.set, *overrides, f"train.seed={seed}"])
-    return build_run_config(data, str(path))
 
 
 @dataclass
@@ -87,6 +44,8 @@ class Job:
     config: RunConfig
     out: Path
     status: Literal["reuse", "resume", "train"]
+    metrics: dict[str, Any] | None = None  # a reused seed's test metrics (from its run directory or the ledger)
+    recorded: bool = False  # the ledger already holds this seed's matching record
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -104,39 +63,97 @@ def _budget_only(have: dict[str, Any], want: dict[str, Any]) -> bool:
     return strip(have) == strip(want)
 
 
-def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, out: Path, seeds: list[int],
-          overrides: list[str], rows: list[str] | None) -> list[Job]:
+def _match(have: dict[str, Any], want: dict[str, Any]) -> Literal["same", "budget", "other"]:
+    """How a finished run's config ``have`` (its ``config.yaml``) stands to the comparable resolved config
+    ``want``: the same run, the same but for :data:`BUDGET`, or another run (also when ``have`` no longer
+    validates)."""
+    try:
+        have_cfg = RunConfig(**have)
+    except (ValidationError, TypeError):
+        return "other"
+    # settings added since that run was written take their defaults there, as they did in the run
+    have_c = _comparable({**have_cfg.model_dump(mode="json"), "params": resolved_params(have_cfg)})
+    if have_c == want:
+        return "same"
+    return "budget" if _budget_only(have_c, want) else "other"
+
+
+class _Resolved:
+    """The comparable resolved config of a row at a seed, built once and only where a finished run needs it."""
+
+    def __init__(self, cfg: RunConfig, dataset: PreparedDataset):
+        self.cfg, self.dataset, self._value = cfg, dataset, None
+
+    def __call__(self) -> dict[str, Any]:
+        if self._value is None:
+            resolved, _ = resolve(self.cfg, self.dataset)
+            self._value = _comparable(resolved.model_dump(mode="json"))
+        return self._value
+
+
+def _job(spec_path: Path, spec: TableSpec, row: TableRow, seed: int, dataset: PreparedDataset, fingerprint: str,
+         out: Path, overrides: list[str], ledger: dict[ledger_mod.Key, dict[str, Any]]) -> Job:
+    """What a seed of a row needs: reuse (a finished run directory of the same config, or else a ledger record
+    of the same config and split), resume (a checkpoint, or a finished run of a larger budget), or train."""
+    cfg = row_config(spec_path, row, overrides, seed)
+    run_dir = out / "runs" / spec.name / row.name / f"seed{seed}"
+    want = _Resolved(cfg, dataset)
+    rec = ledger.get((row.name, seed))
+    recorded = rec is not None and rec["dataset"] == fingerprint and _match(rec["config"], want()) == "same"
+    if (run_dir / "metrics.json").exists():
+        match = _match(yaml.safe_load((run_dir / "config.yaml").read_text()), want())
+        if match == "same":
+            metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+            return Job(row, seed, cfg, run_dir, "reuse", metrics, recorded)
+        if match == "budget" and (run_dir / "checkpoint").exists():
+            return Job(row, seed, cfg, run_dir, "resume")  # a larger epoch budget or patience: continue it
+        raise ArtifactError(f"{run_dir}: holds a finished run of another config than row {row.name!r} "
+                            f"now asks for; use another --out (or remove that run)")
+    if recorded:
+        assert rec is not None
+        return Job(row, seed, cfg, run_dir, "reuse", rec["test"], True)
+    return Job(row, seed, cfg, run_dir, "resume" if (run_dir / "checkpoint").exists() else "train")
+
+
+def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, fingerprint: str, out: Path, seeds: list[int],
+          overrides: list[str], rows: list[str] | None, ledger: dict[ledger_mod.Key, dict[str, Any]]) -> list[Job]:
     jobs = []
     for row in spec.rows:
         if rows and row.name not in rows:
             continue
         for seed in seeds:
-            cfg = row_config(spec_path, row, overrides, seed)
-            run_dir = out / "runs" / spec.name / row.name / f"seed{seed}"
-            status: Literal["reuse", "resume", "train"] = "train"
             if seed == seeds[0]:  # every row's config builds on this dataset (also for --dry-run)
+                cfg = row_config(spec_path, row, overrides, seed)
                 check_model_memory(cfg.model, dataset.n_items, cfg.train.max_len or dataset.max_len, cfg.params,
                                    copies=4, purpose="train", source=row.config)
                 if (cfg.train.max_len or 0) > dataset.max_len:
                     raise ConfigError(f"row {row.name!r}: train.max_len={cfg.train.max_len} exceeds the table's window "
                                       f"({dataset.max_len}); raise the spec's max_len")
-            if (run_dir / "metrics.json").exists():
-                resolved, _ = resolve(cfg, dataset)
-                have = yaml.safe_load((run_dir / "config.yaml").read_text())
-                # settings added since that run was written take their defaults there, as they did in the run
-                have_cfg = RunConfig(**have)
-                have_full = {**have_cfg.model_dump(mode="json"), "params": resolved_params(have_cfg)}
-                have_c, want_c = _comparable(have_full), _comparable(resolved.model_dump(mode="json"))
-                if have_c == want_c:
-                    status = "reuse"
-                elif _budget_only(have_c, want_c) and (run_dir / "checkpoint").exists():
-                    status = "resume"  # a larger epoch budget or patience: the run continues from its checkpoint
-                else:
-                    raise ArtifactError(f"{run_dir}: holds a finished run of another config than row {row.name!r} "
-                                        f"now asks for; use another --out (or remove that run)")
-            elif (run_dir / "checkpoint").exists():
-                status = "resume"
-            jobs.append(Job(row, seed, cfg, run_dir, status))
+            jobs.append(_job(spec_path, spec, row, seed, dataset, fingerprint, out, overrides, ledger))
+    return jobs
+
+
+def _others(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, fingerprint: str, out: Path,
+            seeds: list[int], overrides: list[str], rows: list[str] | None,
+            ledger: dict[ledger_mod.Key, dict[str, Any]], done: set[ledger_mod.Key]) -> list[Job]:
+    """The finished seeds of the rows and seeds this call does not run (the spec's, and ``seeds``): the table
+    shows them beside this call's. The command's overrides apply to the rows it runs (``rows``, default all);
+    another row is taken at its spec's config. A seed whose runs do not match that config is left out."""
+    jobs = []
+    for row in spec.rows:
+        ov = overrides if not rows or row.name in rows else []
+        for seed in dict.fromkeys([*spec.seeds, *seeds]):
+            if (row.name, seed) in done:
+                continue
+            if not (out / "runs" / spec.name / row.name / f"seed{seed}" / "metrics.json").exists() \
+                    and (row.name, seed) not in ledger:
+                continue
+            try:
+                job = _job(spec_path, spec, row, seed, dataset, fingerprint, out, ov, ledger)
+            except ArtifactError:
+                continue
+            if job.status == "reuse":
+                jobs.append(job)
     return jobs
 
 
@@ -240,9 +257,31 @@ def render(spec: TableSpec, summary: dict[str, Any], meta: dict[str, str]) -> st
     out.append("")
     if published and spec.published_source:
         out.append(f"Published numbers: {spec.published_source}.")
+    runs = f"; seeds finished {meta['runs']} (their records: `{spec.name}{ledger_mod.SUFFIX}`)" if meta.get("runs") else ""
     out.append(f"Test split, full ranking, every row counted; each seed selected on validation. {meta['machine']}, "
-               f"{meta['date']}; command: `{meta['command']}`.")
+               f"{meta['date']}{runs}; command: `{meta['command']}`.")
     return "\n".join(out) + "\n"
+
+
+def _keep_earlier_seeds(table_json: Path, spec: TableSpec, seeds: list[int], jobs: list[Job], others: list[Job]) -> None:
+    """Refuse, before anything trains, to rewrite a table without seeds it shows today: a seed of a row still in
+    the spec that this call neither runs nor finds finished (a table written before its ledger existed, or one
+    whose run directories are gone)."""
+    if not table_json.exists():
+        return
+    try:
+        shown = json.loads(table_json.read_text()).get("rows", {})
+    except ValueError:
+        raise ArtifactError(f"{table_json}: not a table's JSON; move it away or choose another --results") from None
+    spec_rows, wanted = {r.name for r in spec.rows}, set(spec.seeds) | set(seeds)
+    kept = {(j.row.name, j.seed) for j in [*jobs, *others]}
+    lost = sorted((name, int(seed)) for name, row in shown.items() if name in spec_rows
+                  for seed in row.get("seeds", []) if int(seed) in wanted and (name, int(seed)) not in kept)
+    if lost:
+        listed = ", ".join(f"{n} seed {s}" for n, s in lost[:8]) + (f" and {len(lost) - 8} more" if len(lost) > 8 else "")
+        raise ArtifactError(f"{table_json} shows {listed}, which this call would drop: neither a run directory under "
+                            f"--out nor a record in its ledger holds them for today's config. Train them too (leave out "
+                            f"--rows / --seed) or write this table elsewhere (--results)")
 
 
 def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, results_dir: str | Path | None = None,
@@ -257,26 +296,53 @@ def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, res
         if unknown:
             raise ConfigError(f"{spec_path}: no row named {', '.join(map(repr, unknown))}; rows: "
                               f"{', '.join(r.name for r in spec.rows)}")
+    results_dir = Path(results_dir) if results_dir is not None else out / "results"
+    ledger_file = ledger_mod.ledger_path(results_dir, spec.name)
+    ledger = ledger_mod.read_ledger(ledger_file)
     dataset = prepare(spec, Path(source), out)
-    jobs = _jobs(spec_path, spec, dataset, out, seeds or spec.seeds, overrides or [], rows)
+    fingerprint = ledger_mod.dataset_fingerprint(dataset)
+    seeds = seeds or spec.seeds
+    overrides = overrides or []
+    jobs = _jobs(spec_path, spec, dataset, fingerprint, out, seeds, overrides, rows, ledger)
+    _keep_earlier_seeds(results_dir / f"{spec.name}.json", spec, seeds, jobs,
+                        _others(spec_path, spec, dataset, fingerprint, out, seeds, overrides, rows, ledger,
+                                {(j.row.name, j.seed) for j in jobs}))
     if dry_run:
         return plan(jobs)
-    results: dict[str, list[dict[str, Any]]] = {}
+    here = machine()
+    finished: dict[ledger_mod.Key, dict[str, Any]] = {}
     for i, job in enumerate(jobs, 1):
-        log(f"[{i}/{len(jobs)}] {job.row.name} seed {job.seed}: {job.status}")
+        log(f"[{i}/{len(jobs)}] {job.row.name} seed {job.seed}: {job.status}"
+            + (" (from the ledger)" if job.status == "reuse" and not (job.out / "metrics.json").exists() else ""))
         if job.status == "reuse":
-            metrics = json.loads((job.out / "metrics.json").read_text())
+            metrics = job.metrics
         else:
             metrics = train_run(job.config, out / "data" / spec.name, job.out, resume=job.status == "resume",
-                                progress=False, log=None, dataset=dataset)
-        results.setdefault(job.row.name, []).append({"seed": job.seed, **metrics["test"]})
+                                progress=False, log=None, dataset=dataset)["test"]
+        if not job.recorded:  # a seed finished here, or a finished run directory the ledger lacks
+            ledger_mod.write_record(ledger_file, ledger_mod.run_record(job.row.name, job.seed, job.out, fingerprint, here))
+        assert metrics is not None
+        finished[(job.row.name, job.seed)] = metrics
+    for job in _others(spec_path, spec, dataset, fingerprint, out, seeds, overrides, rows,
+                       ledger_mod.read_ledger(ledger_file), set(finished)):
+        assert job.metrics is not None
+        finished[(job.row.name, job.seed)] = job.metrics
+    order = list(dict.fromkeys([*spec.seeds, *seeds]))
+    results: dict[str, list[dict[str, Any]]] = {}
+    for row in spec.rows:
+        for seed in order:
+            if (row.name, seed) in finished:
+                results.setdefault(row.name, []).append({"seed": seed, **finished[(row.name, seed)]})
     summary = summarise(spec, results)
-    meta = {"machine": machine(), "command": command_line(),
+    meta = {"machine": here, "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    record = {"table": spec.name, "spec": spec.model_dump(mode="json"), **meta, **summary}
-    results_dir = Path(results_dir) if results_dir is not None else out / "results"
+    runs = ledger_mod.read_ledger(ledger_file)
+    dates = sorted(runs[k]["finished"] for k in finished if k in runs and runs[k].get("finished"))
+    if dates:
+        meta["runs"] = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    record = {"table": spec.name, "spec": spec.model_dump(mode="json"), "ledger": ledger_file.name, **meta, **summary}
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{spec.name}.json").write_text(json.dumps(record, indent=2))
     (results_dir / f"{spec.name}.md").write_text(render(spec, summary, meta))
-    log(f"wrote {results_dir / (spec.name + '.json')} and {spec.name}.md")
+    log(f"wrote {results_dir / (spec.name + '.json')}, {spec.name}.md and {ledger_file.name}")
     return summary
