@@ -205,3 +205,23 @@ def test_a_table_is_not_rewritten_without_seeds_it_shows(spec, tmp_path: Path) -
     assert (results / "tiny.json").read_text() == before
     r = runner.invoke(app, [*base, "--rows", "popularity"])  # the seeds it shows, trained again
     assert r.exit_code == 0, r.output
+
+
+def test_a_seed_its_time_budget_stopped_is_continued_not_tabled(spec, tmp_path: Path) -> None:
+    """``train.max_minutes`` stopping a seed leaves it out of the table and the ledger; the next call resumes it."""
+    from dreamrec.bench.ledger import read_ledger
+
+    table, log = spec
+    runner = CliRunner()
+    base = ["bench", str(table), "--data", str(log), "--results", str(tmp_path / "results"), "--out", str(tmp_path / "o"),
+            "--rows", "sasrec", "--seed", "0"]
+    r = runner.invoke(app, [*base, "--set", "train.max_minutes=0.000001"])
+    assert r.exit_code == 0, r.output
+    assert "stopped by train.max_minutes" in r.output
+    assert read_ledger(tmp_path / "results" / "tiny.runs.jsonl") == {}
+    assert "sasrec" not in json.loads((tmp_path / "results" / "tiny.json").read_text())["rows"]
+    r = runner.invoke(app, [*base, "--dry-run"])
+    assert r.stdout.split("sasrec", 1)[1].split()[:3] == ["0", "1", "0"], r.stdout  # train / resume / reuse
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0, r.output
+    assert list(read_ledger(tmp_path / "results" / "tiny.runs.jsonl")) == [("sasrec", 0)]

@@ -8,7 +8,8 @@ reused, an unfinished one resumed from its checkpoint, a finished one whose conf
 ``train.epochs`` or ``train.patience`` continued from it), records each finished seed in the table's run
 ledger (:mod:`dreamrec.bench.ledger`; a recorded seed of the same config and split is reused when its run
 directory is gone), and writes ``<name>.json`` and ``<name>.md`` from every finished seed of the spec's rows,
-those of earlier calls included (``--rows`` and ``--seed`` choose what trains, not what the table shows): mean
+those of earlier calls included (``--rows`` and ``--seed`` choose what trains, not what the table shows; a seed
+that ``train.max_minutes`` stopped is not finished: it is continued by the next call, never tabled): mean
 ± std per metric, Welch's t-test of each row against the best baseline, machine, date and command.
 :func:`plan` is the ``--dry-run``: what would be trained, reused or resumed, and the CPU time it would take
 (each row's ``cpu_minutes`` per seed, measured on a 2-core CPU, where the spec gives one).
@@ -99,14 +100,19 @@ def _job(spec_path: Path, spec: TableSpec, row: TableRow, seed: int, dataset: Pr
     run_dir = out / "runs" / spec.name / row.name / f"seed{seed}"
     want = _Resolved(cfg, dataset)
     rec = ledger.get((row.name, seed))
-    recorded = rec is not None and rec["dataset"] == fingerprint and _match(rec["config"], want()) == "same"
+    recorded = (rec is not None and rec["dataset"] == fingerprint and not rec.get("stopped_by_budget")
+                and _match(rec["config"], want()) == "same")
     if (run_dir / "metrics.json").exists():
         match = _match(yaml.safe_load((run_dir / "config.yaml").read_text()), want())
+        done = json.loads((run_dir / "metrics.json").read_text())
+        if match == "same" and not done.get("stopped_by_budget"):
+            return Job(row, seed, cfg, run_dir, "reuse", done["test"], recorded)
+        if match != "other" and (run_dir / "checkpoint").exists():
+            # a larger epoch budget or patience, or a run that train.max_minutes stopped: continue it
+            return Job(row, seed, cfg, run_dir, "resume")
         if match == "same":
-            metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
-            return Job(row, seed, cfg, run_dir, "reuse", metrics, recorded)
-        if match == "budget" and (run_dir / "checkpoint").exists():
-            return Job(row, seed, cfg, run_dir, "resume")  # a larger epoch budget or patience: continue it
+            raise ArtifactError(f"{run_dir}: its time budget (train.max_minutes) stopped it and it has no checkpoint "
+                                f"to continue from; remove that run to train it again")
         raise ArtifactError(f"{run_dir}: holds a finished run of another config than row {row.name!r} "
                             f"now asks for; use another --out (or remove that run)")
     if recorded:
@@ -317,8 +323,13 @@ def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, res
         if job.status == "reuse":
             metrics = job.metrics
         else:
-            metrics = train_run(job.config, out / "data" / spec.name, job.out, resume=job.status == "resume",
-                                progress=False, log=None, dataset=dataset)["test"]
+            result = train_run(job.config, out / "data" / spec.name, job.out, resume=job.status == "resume",
+                               progress=False, log=None, dataset=dataset)
+            if result.get("stopped_by_budget"):
+                log(f"  {job.row.name} seed {job.seed}: stopped by train.max_minutes, not finished: left out of the "
+                    "table and the ledger (the same command continues it)")
+                continue
+            metrics = result["test"]
         if not job.recorded:  # a seed finished here, or a finished run directory the ledger lacks
             ledger_mod.write_record(ledger_file, ledger_mod.run_record(job.row.name, job.seed, job.out, fingerprint, here))
         assert metrics is not None

@@ -85,6 +85,7 @@ def run_record(row: str, seed: int, run_dir: Path, fingerprint: str, machine: st
         "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
         "best_epoch": metrics.get("best_epoch"),
         "epochs_trained": metrics.get("epochs_trained"),
+        "stopped_by_budget": bool(metrics.get("stopped_by_budget", False)),
         "seconds": metrics.get("seconds"),
         "val": metrics.get("val"),
         "test": metrics["test"],
