@@ -92,12 +92,16 @@ class _Resolved:
         return self._value
 
 
-def _job(spec_path: Path, spec: TableSpec, row: TableRow, seed: int, dataset: PreparedDataset, fingerprint: str,
-         out: Path, overrides: list[str], ledger: dict[ledger_mod.Key, dict[str, Any]]) -> Job:
-    """What a seed of a row needs: reuse (a finished run directory of the same config, or else a ledger record
-    of the same config and split), resume (a checkpoint, or a finished run of a larger budget), or train."""
-    cfg = row_config(spec_path, row, overrides, seed)
-    run_dir = out / "runs" / spec.name / row.name / f"seed{seed}"
+def _run_dir(out: Path, spec: TableSpec, row: TableRow, seed: int) -> Path:
+    return out / "runs" / spec.name / row.name / f"seed{seed}"
+
+
+def _job(spec: TableSpec, row: TableRow, seed: int, cfg: RunConfig, dataset: PreparedDataset, fingerprint: str,
+         out: Path, ledger: dict[ledger_mod.Key, dict[str, Any]]) -> Job:
+    """What a seed of a row (run config ``cfg``) needs: reuse (a finished run directory of the same config, or
+    else a ledger record of the same config and split), resume (a checkpoint, or a finished run of a larger
+    budget), or train."""
+    run_dir = _run_dir(out, spec, row, seed)
     want = _Resolved(cfg, dataset)
     rec = ledger.get((row.name, seed))
     recorded = (rec is not None and rec["dataset"] == fingerprint and not rec.get("stopped_by_budget")
@@ -128,14 +132,14 @@ def _jobs(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, fingerprin
         if rows and row.name not in rows:
             continue
         for seed in seeds:
+            cfg = row_config(spec_path, row, overrides, seed)
             if seed == seeds[0]:  # every row's config builds on this dataset (also for --dry-run)
-                cfg = row_config(spec_path, row, overrides, seed)
                 check_model_memory(cfg.model, dataset.n_items, cfg.train.max_len or dataset.max_len, cfg.params,
                                    copies=4, purpose="train", source=row.config)
                 if (cfg.train.max_len or 0) > dataset.max_len:
                     raise ConfigError(f"row {row.name!r}: train.max_len={cfg.train.max_len} exceeds the table's window "
                                       f"({dataset.max_len}); raise the spec's max_len")
-            jobs.append(_job(spec_path, spec, row, seed, dataset, fingerprint, out, overrides, ledger))
+            jobs.append(_job(spec, row, seed, cfg, dataset, fingerprint, out, ledger))
     return jobs
 
 
@@ -151,11 +155,10 @@ def _others(spec_path: Path, spec: TableSpec, dataset: PreparedDataset, fingerpr
         for seed in dict.fromkeys([*spec.seeds, *seeds]):
             if (row.name, seed) in done:
                 continue
-            if not (out / "runs" / spec.name / row.name / f"seed{seed}" / "metrics.json").exists() \
-                    and (row.name, seed) not in ledger:
+            if not (_run_dir(out, spec, row, seed) / "metrics.json").exists() and (row.name, seed) not in ledger:
                 continue
             try:
-                job = _job(spec_path, spec, row, seed, dataset, fingerprint, out, ov, ledger)
+                job = _job(spec, row, seed, row_config(spec_path, row, ov, seed), dataset, fingerprint, out, ledger)
             except ArtifactError:
                 continue
             if job.status == "reuse":
@@ -334,8 +337,8 @@ def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, res
             ledger_mod.write_record(ledger_file, ledger_mod.run_record(job.row.name, job.seed, job.out, fingerprint, here))
         assert metrics is not None
         finished[(job.row.name, job.seed)] = metrics
-    for job in _others(spec_path, spec, dataset, fingerprint, out, seeds, overrides, rows,
-                       ledger_mod.read_ledger(ledger_file), set(finished)):
+    runs = ledger_mod.read_ledger(ledger_file)  # this call's records and those of processes beside it
+    for job in _others(spec_path, spec, dataset, fingerprint, out, seeds, overrides, rows, runs, set(finished)):
         assert job.metrics is not None
         finished[(job.row.name, job.seed)] = job.metrics
     order = list(dict.fromkeys([*spec.seeds, *seeds]))
@@ -347,7 +350,6 @@ def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, res
     summary = summarise(spec, results)
     meta = {"machine": here, "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    runs = ledger_mod.read_ledger(ledger_file)
     dates = sorted(runs[k]["finished"] for k in finished if k in runs and runs[k].get("finished"))
     if dates:
         meta["runs"] = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
