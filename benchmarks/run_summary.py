@@ -1,9 +1,10 @@
 """One table of finished runs against a reference run: what each changed, where it stopped, validation and test.
 
-    python benchmarks/run_summary.py RUN [RUN ...] --reference REF_RUN --name NAME [--dir survey_checks]
+    python benchmarks/run_summary.py RUN [RUN ...] --reference REF --name NAME [--dir survey_checks]
 
 For each run directory written by ``dreamrec train`` (finished: it has ``metrics.json``), the settings of its
-``config.yaml`` that differ from the reference run's (the row's label, so a one-change sweep reads as such), its
+``config.yaml`` that differ from the reference's (a run directory, or a config file resolved with the model's
+defaults as a run's ``config.yaml`` is; seed, threads and window are left out), so a one-change sweep reads as such; its
 best epoch and the epochs it ran, and HR@20 / NDCG@20 on validation and test (the trainer's own evaluation of the
 selected weights; nothing is recomputed). Selection is the runs' own (validation); the test columns are there to be
 read after a choice is made on validation, never to make it.
@@ -15,10 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 ROOT = Path(__file__).resolve().parent
 METRICS = ("HR@20", "NDCG@20")
@@ -36,10 +40,24 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def changed(run: Path, reference: Path, ignore: tuple[str, ...] = ("train.seed",)) -> dict[str, Any]:
-    """The settings of ``run`` that differ from ``reference``'s (the seed apart: it is its own column)."""
+def resolved(path: Path) -> dict[str, Any]:
+    """A run directory's ``config.yaml``, or a config file with its model's defaults filled in (as a run writes it)."""
+    if path.is_dir():
+        return yaml.safe_load((path / "config.yaml").read_text())
+    from dreamrec.config import build_run_config, load_yaml
+    from dreamrec.models.registry import model_config
+
+    cfg = build_run_config(load_yaml(path), str(path))
+    return {"model": cfg.model, "params": model_config(cfg.model, cfg.params).model_dump(mode="json"),
+            "train": cfg.train.model_dump(mode="json")}
+
+
+def changed(run: Path, reference: Path,
+            ignore: tuple[str, ...] = ("train.seed", "train.threads", "train.max_len")) -> dict[str, Any]:
+    """The settings of ``run`` that differ from ``reference``'s (the seed apart: it is its own column; nor the
+    thread count and the window, which a run resolves from its machine and data)."""
     mine = flatten(yaml.safe_load((run / "config.yaml").read_text()))
-    ref = flatten(yaml.safe_load((reference / "config.yaml").read_text()))
+    ref = flatten(resolved(reference))
     keys = sorted(set(mine) | set(ref))
     return {k: mine.get(k) for k in keys if k not in ignore and mine.get(k) != ref.get(k)}
 
@@ -79,11 +97,9 @@ def render(rows: list[dict[str, Any]], title: str, command: str) -> str:
 
 
 def main() -> None:
-    import sys
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--reference", type=Path, required=True, help="the run whose settings the others are read against")
+    ap.add_argument("--reference", type=Path, required=True, help="the run directory or config file whose settings the others are read against")
     ap.add_argument("--name", required=True)
     ap.add_argument("--dir", default="survey_checks", help="folder under benchmarks/results/")
     ap.add_argument("--title", default=None)
