@@ -41,22 +41,21 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resolved(path: Path) -> dict[str, Any]:
-    """A run directory's ``config.yaml``, or a config file with its model's defaults filled in (as a run writes it)."""
-    if path.is_dir():
-        return yaml.safe_load((path / "config.yaml").read_text())
+    """The config of a run directory (its ``config.yaml``) or of a config file, with the model's defaults filled in
+    (``dreamrec.train.resume.resolved_params``, as ``--resume`` and ``dreamrec bench`` compare configs)."""
     from dreamrec.config import build_run_config, load_yaml
-    from dreamrec.models.registry import model_config
+    from dreamrec.train.resume import resolved_params
 
-    cfg = build_run_config(load_yaml(path), str(path))
-    return {"model": cfg.model, "params": model_config(cfg.model, cfg.params).model_dump(mode="json"),
-            "train": cfg.train.model_dump(mode="json")}
+    source = path / "config.yaml" if path.is_dir() else path
+    cfg = build_run_config(load_yaml(source), str(source))
+    return {"model": cfg.model, "params": resolved_params(cfg), "train": cfg.train.model_dump(mode="json")}
 
 
 def changed(run: Path, reference: Path,
             ignore: tuple[str, ...] = ("train.seed", "train.threads", "train.max_len")) -> dict[str, Any]:
     """The settings of ``run`` that differ from ``reference``'s (the seed apart: it is its own column; nor the
     thread count and the window, which a run resolves from its machine and data)."""
-    mine = flatten(yaml.safe_load((run / "config.yaml").read_text()))
+    mine = flatten(resolved(run))
     ref = flatten(resolved(reference))
     keys = sorted(set(mine) | set(ref))
     return {k: mine.get(k) for k in keys if k not in ignore and mine.get(k) != ref.get(k)}
