@@ -32,36 +32,20 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from dreamrec.config import apply_overrides, build_run_config, load_yaml
-from dreamrec.data.dataset import PreparedDataset, SampleRows
-from dreamrec.eval.coldstart import cold_start_split
-from dreamrec.eval.evaluate import evaluate
+from dreamrec.data.dataset import PreparedDataset
+from dreamrec.eval.coldstart import cold_start_split, evaluate_target_groups
 from dreamrec.eval.report import command_line, machine
-from dreamrec.models.popularity import Popularity
 from dreamrec.train.run import load_run, train_run
 
 OUT = ROOT / "results" / "idreamrec_ml1m"
 KS = (20,)
 
 
-def split_rows(rows: SampleRows, cold: np.ndarray) -> dict[str, SampleRows]:
-    """The rows whose target is cold and the rest (warm); together they are every row once."""
-    is_cold = np.isin(rows.target, cold)
-    return {group: SampleRows(rows.history[m], rows.target[m], rows.user[m])
-            for group, m in (("cold", is_cold), ("warm", ~is_cold))}
-
-
 def report(model: Any, dataset: PreparedDataset, cold: np.ndarray, seed: int) -> dict[str, Any]:
     """HR/NDCG@20 of ``model`` and of popularity (fitted on ``dataset``'s training data) per group of test rows."""
-    pop = Popularity(dataset.n_items, dataset.max_len)
-    pop.fit_statistics(dataset)
-    out: dict[str, Any] = {}
-    for group, rows in split_rows(dataset.test, cold).items():
-        out[group] = {"n": len(rows)}
-        if len(rows):
-            for label, m in (("model", model), ("popularity", pop)):
-                r = evaluate(m, rows, ks=KS, seed=seed)
-                out[group][label] = {k: float(r[k]) for k in ("HR@20", "NDCG@20")}
-    return out
+    groups = evaluate_target_groups(model, dataset, cold, ks=KS, seed=seed)
+    return {group: {key: ({k: float(v[k]) for k in ("HR@20", "NDCG@20")} if key != "n" else v)
+                    for key, v in g.items()} for group, g in groups.items()}
 
 
 def table(out_dir: Path) -> str:

@@ -54,11 +54,13 @@ def resolved(path: Path) -> dict[str, Any]:
 def changed(run: Path, reference: Path,
             ignore: tuple[str, ...] = ("train.seed", "train.threads", "train.max_len")) -> dict[str, Any]:
     """The settings of ``run`` that differ from ``reference``'s (the seed apart: it is its own column; nor the
-    thread count and the window, which a run resolves from its machine and data)."""
+    thread count and the window, which a run resolves from its machine and data; nor a setting the reference leaves
+    unset, ``None``, and the run's ``config.yaml`` records as built, such as iDreamRec's ``text_dim``)."""
     mine = flatten(resolved(run))
     ref = flatten(resolved(reference))
     keys = sorted(set(mine) | set(ref))
-    return {k: mine.get(k) for k in keys if k not in ignore and mine.get(k) != ref.get(k)}
+    return {k: mine.get(k) for k in keys
+            if k not in ignore and mine.get(k) != ref.get(k) and not (k in ref and ref[k] is None)}
 
 
 def summarise(run: Path, reference: Path) -> dict[str, Any]:

@@ -98,6 +98,16 @@ def test_loss_weights_and_loss_by_hand() -> None:
     torch.manual_seed(7)
     assert torch.allclose(plain.loss(batch), mse.mean(), rtol=1e-5)
 
+    # the x0_loss ablation: the multinomial NLL -sum_i x0_i log softmax(x0_hat)_i per row, same steps and weights
+    mult = build_model("diffrec", 6, 4, {**cfg, "x0_loss": "multinomial"})
+    mult.load_state_dict(model.state_dict())
+    torch.manual_seed(7)
+    logits = model.denoiser(x_t, t)
+    nll = -(logits - logits.exp().sum(1, keepdim=True).log()).mul(x0).sum(1)
+    assert torch.allclose(mult.loss(batch), (nll * expected.float()[t]).mean(), rtol=1e-5)
+    with pytest.raises(ConfigError, match="x0_loss"):
+        build_model("diffrec", 6, 4, {**cfg, "x0_loss": "multinomial", "latent_clusters": 2})
+
 
 def test_importance_sampling_uses_the_loss_history() -> None:
     model = build_model("diffrec", 6, 4, {**SMALL, "t_sampling": "importance"})

@@ -12,7 +12,7 @@ from dreamrec.config import TrainConfig
 from dreamrec.data.batching import Batch
 from dreamrec.data.synthetic import SyntheticConfig, generate
 from dreamrec.diffusion.multi_guidance import TwoConditionGuidance, combine_two_conditions, guidance_branches
-from dreamrec.eval.coldstart import cold_start_split, evaluate_cold_start
+from dreamrec.eval.coldstart import cold_start_split, evaluate_cold_start, evaluate_target_groups
 from dreamrec.eval.evaluate import evaluate
 from dreamrec.eval.intents import evaluate_with_intents
 from dreamrec.models.idreamrec import IDreamRec, IDreamRecConfig
@@ -203,6 +203,13 @@ def test_cold_items_are_recommendable_and_beat_random(data, tmp_path):
     assert res["n"] > 20
     assert res["model"]["HR@20"] > res["random"]["HR@20"] + 0.1, res
     assert res["model"]["HR@20"] > res["popularity"]["HR@20"], res
+    # cold and warm side by side: every test row in exactly one group, the cold group as above
+    groups = evaluate_target_groups(model, ds, cold, ks=(20,))
+    assert groups["cold"]["n"] + groups["warm"]["n"] == len(ds.test)
+    assert groups["cold"]["model"] == res["model"] and groups["cold"]["popularity"] == res["popularity"]
+    assert groups["warm"]["popularity"]["HR@20"] > res["popularity"]["HR@20"]  # popularity only ranks seen items
+    with pytest.raises(ValueError, match="unknown group"):
+        evaluate_target_groups(model, ds, cold, groups=("hot",))
 
 
 def test_artifact_reload_and_cli_intent(data, tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ metadata, hence item texts) is unchanged, so a text-based model still embeds col
 
 :func:`evaluate_cold_start` reports HR@K / NDCG@K on the test rows whose target is cold, for the
 model, for popularity fitted on the reduced training data (cold items have count 0 and rank last
-among ties), and for a uniformly random ranking (``HR@K = K / n_items`` exactly, in expectation).
+among ties), and for a uniformly random ranking (``HR@K = K / n_items`` exactly, in expectation);
+:func:`evaluate_target_groups` reports the cold rows and the warm ones (every other test row) side by side.
 """
 from __future__ import annotations
 
@@ -54,10 +55,47 @@ def cold_start_split(
     return out, cold
 
 
+def target_groups(rows: SampleRows, cold: np.ndarray) -> dict[str, SampleRows]:
+    """``{"cold": rows whose target is a cold item, "warm": the others}``; together they are every row once."""
+    is_cold = np.isin(rows.target, cold)
+    return {group: SampleRows(rows.history[m], rows.target[m], rows.user[m])
+            for group, m in (("cold", is_cold), ("warm", ~is_cold))}
+
+
 def cold_rows(rows: SampleRows, cold: np.ndarray) -> SampleRows:
     """The rows whose target is a cold item."""
-    m = np.isin(rows.target, cold)
-    return SampleRows(rows.history[m], rows.target[m], rows.user[m])
+    return target_groups(rows, cold)["cold"]
+
+
+def evaluate_target_groups(
+    model: torch.nn.Module,
+    dataset: PreparedDataset,
+    cold: np.ndarray,
+    *,
+    groups: Iterable[str] = ("cold", "warm"),
+    ks: Iterable[int] = (20,),
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> dict[str, dict[str, Any]]:
+    """Per group of test rows (by target: ``cold`` or ``warm``), ``{"n": rows, "model": metrics, "popularity":
+    metrics}``: ``model`` and popularity fitted on ``dataset``'s (reduced) training data; no metrics for an empty
+    group."""
+    from dreamrec.models.popularity import Popularity
+
+    ks = list(ks)
+    pop = Popularity(dataset.n_items, dataset.max_len)
+    pop.fit_statistics(dataset)
+    split = target_groups(dataset.test, cold)
+    out: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        if group not in split:
+            raise ValueError(f"unknown group {group!r}: expected 'cold' or 'warm'")
+        rows = split[group]
+        out[group] = {"n": len(rows)}
+        if len(rows):
+            out[group]["model"] = evaluate(model, rows, ks=ks, batch_size=batch_size, seed=seed)
+            out[group]["popularity"] = evaluate(pop, rows, ks=ks, batch_size=batch_size, seed=seed)
+    return out
 
 
 def evaluate_cold_start(
@@ -71,16 +109,9 @@ def evaluate_cold_start(
 ) -> dict[str, Any]:
     """HR/NDCG@K on the test rows with a cold target: ``model``, ``popularity`` (fitted on
     ``dataset``'s reduced training data) and ``random`` (``K / n_items``); ``n`` = number of rows."""
-    from dreamrec.models.popularity import Popularity
-
     ks = list(ks)
-    rows = cold_rows(dataset.test, cold)
-    out: dict[str, Any] = {"n": len(rows), "n_cold_items": int(len(cold))}
-    if len(rows) == 0:
-        return out
-    out["model"] = evaluate(model, rows, ks=ks, batch_size=batch_size, seed=seed)
-    pop = Popularity(dataset.n_items, dataset.max_len)
-    pop.fit_statistics(dataset)
-    out["popularity"] = evaluate(pop, rows, ks=ks, batch_size=batch_size, seed=seed)
-    out["random"] = {f"HR@{k}": min(k, dataset.n_items) / dataset.n_items for k in ks}
+    group = evaluate_target_groups(model, dataset, cold, groups=("cold",), ks=ks, seed=seed, batch_size=batch_size)
+    out: dict[str, Any] = {**group["cold"], "n_cold_items": int(len(cold))}
+    if out["n"]:
+        out["random"] = {f"HR@{k}": min(k, dataset.n_items) / dataset.n_items for k in ks}
     return out

@@ -14,6 +14,10 @@ by the reconstructed ``x0_hat``, so it overrides :meth:`score` instead of produc
   ``L_t = lambda_t ||x0_hat_theta(x_t, t) - x_0||^2`` (mean over items), with ``reweight`` the weight of
   Eq. 11, ``lambda_t = (bar alpha_{t-1} / (1 - bar alpha_{t-1}) - bar alpha_t / (1 - bar alpha_t)) / 2``
   for ``t > 1`` and ``lambda_1 = 1`` (Eq. 12's reconstruction term); otherwise ``lambda_t = 1``;
+* ``x0_loss: multinomial`` (an ablation, not the paper's method): the per-row squared error is replaced by
+  Mult-VAE's multinomial negative log-likelihood ``-sum_i x_0,i log softmax(x0_hat)_i`` (the loss of
+  L-DiffRec's decoders), with the same step sampling and weights; it asks whether DiffRec's squared error is
+  what holds it below L-DiffRec (``benchmarks/experiments/diffrec/NOTES.md``);
 * inference (Algorithm 2): ``x_{T'} ~ q(x_{T'} | x_0)`` from the history's vector (``T' = 0``: the vector
   itself), then ``x_{t-1} = mu_theta(x_t, t)``, the posterior mean of Eq. 10 with ``x0_hat`` plugged in
   (no noise), for ``t = T, ..., 1``; the scores are the final ``x_0``.
@@ -85,6 +89,9 @@ class DiffRecConfig(ModelConfig):
     noise_min: float = Field(0.0005, gt=0, lt=1, description="alpha_min, the variance at t = 1 before scaling")
     noise_max: float = Field(0.005, gt=0, lt=1, description="alpha_max, the variance at t = T before scaling")
     reweight: bool = Field(True, description="weight L_t by Eq. 11 (SNR difference); False: plain MSE at every t")
+    x0_loss: Literal["mse", "multinomial"] = Field(
+        "mse", description="DiffRec: the per-row error of x0_hat; multinomial is an ablation, not the paper's"
+    )
     t_sampling: Literal["uniform", "importance"] = "uniform"
     inference_noise_steps: int = Field(0, ge=0, description="T': noise the history to step T' before denoising (0 = none)")
     time_weights: tuple[float, float] | None = Field(
@@ -117,6 +124,8 @@ class DiffRecConfig(ModelConfig):
             stray = [k for k in LATENT_ONLY if getattr(self, k) != fields[k].get_default(call_default_factory=True)]
             if stray:
                 raise ValueError(f"{', '.join(stray)} only apply to L-DiffRec: set latent_clusters >= 1")
+        elif self.x0_loss != "mse":
+            raise ValueError("x0_loss only applies to DiffRec on x_0: L-DiffRec's latent z_0 is not a bag of items")
         return self
 
 
@@ -189,8 +198,11 @@ class DiffRec(SequentialRecommender):
         t, p_t = self.sample_steps(x0.shape[0], x0.device)
         x_t = self.scheduler.add_noise(x0, torch.randn_like(x0), t)
         x0_hat = self.denoiser(x_t, t)
-        mse = ((x0_hat - x0) ** 2).mean(1)
-        L_t = mse * self.loss_weights[t] if self.config.reweight else mse
+        if self.config.x0_loss == "multinomial":  # the ablation: -sum_i x0_i log softmax(x0_hat)_i per row
+            err = -(torch.log_softmax(x0_hat, dim=-1) * x0).sum(1)
+        else:  # Algorithm 1: the squared error, mean over items
+            err = ((x0_hat - x0) ** 2).mean(1)
+        L_t = err * self.loss_weights[t] if self.config.reweight else err
         if self.training and self.config.t_sampling == "importance":
             self._record(t, L_t.detach())
         return (L_t / (self.config.timesteps * p_t)).mean(), x0_hat
