@@ -145,6 +145,17 @@ def test_reverse_returns_a_perfect_x0_prediction() -> None:
     h = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
     assert torch.allclose(model.score(h), y, atol=1e-6)
 
+    # the multinomial ablation's denoiser returns logits: the chain plugs in the expected counts N softmax(logits),
+    # N = the history's items plus the next one (3 + 1 and 4 + 1 here), and every step sees x0's units
+    mult = build_model("diffrec", 7, 4, {**SMALL, "timesteps": 4, "noise_min": 0.01, "noise_max": 0.05,
+                                         "x0_loss": "multinomial"})
+    seen: list[torch.Tensor] = []
+    logits = 10 * y
+    mult.denoiser.forward = lambda x_t, t: (seen.append(x_t.clone()), logits)[1]  # type: ignore[method-assign]
+    expected = torch.tensor([[4.0], [5.0]]) * torch.softmax(logits, dim=-1)
+    assert torch.allclose(mult.score(h), expected, atol=1e-5)
+    assert len(seen) == 4 and all(float(x.abs().max()) < 5.0 for x in seen)  # never raw logits fed back
+
 
 def test_inference_noise_steps() -> None:
     """T' = 0 starts from the history's vector itself; T' > 0 noises it (seeded: repeatable)."""

@@ -16,8 +16,10 @@ by the reconstructed ``x0_hat``, so it overrides :meth:`score` instead of produc
   for ``t > 1`` and ``lambda_1 = 1`` (Eq. 12's reconstruction term); otherwise ``lambda_t = 1``;
 * ``x0_loss: multinomial`` (an ablation, not the paper's method): the per-row squared error is replaced by
   Mult-VAE's multinomial negative log-likelihood ``-sum_i x_0,i log softmax(x0_hat)_i`` (the loss of
-  L-DiffRec's decoders), with the same step sampling and weights; it asks whether DiffRec's squared error is
-  what holds it below L-DiffRec (``benchmarks/experiments/diffrec/NOTES.md``);
+  L-DiffRec's decoders), with the same step sampling and weights; the denoiser then outputs logits, so the reverse
+  chain plugs in ``x0_hat = N softmax(logits)``, the expected counts of a multinomial draw of ``N`` items
+  (``N`` = the history vector's mass plus one, the next item, as a training vector holds). It asks whether
+  DiffRec's squared error is what holds it below L-DiffRec (``benchmarks/experiments/diffrec/NOTES.md``);
 * inference (Algorithm 2): ``x_{T'} ~ q(x_{T'} | x_0)`` from the history's vector (``T' = 0``: the vector
   itself), then ``x_{t-1} = mu_theta(x_t, t)``, the posterior mean of Eq. 10 with ``x0_hat`` plugged in
   (no noise), for ``t = T, ..., 1``; the scores are the final ``x_0``.
@@ -259,11 +261,15 @@ class DiffRec(SequentialRecommender):
 
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
         """Algorithm 2 from ``x`` [B, D]: noise it to step ``T'``, then the mean-only reverse chain."""
+        model_fn = self.denoiser
+        if self.config.x0_loss == "multinomial":  # logits -> x0's units: the expected counts N softmax(logits)
+            mass = x.sum(1, keepdim=True) + 1.0  # N: the history's mass and the next item, as a training vector holds
+            model_fn = lambda x_t, t: mass * torch.softmax(self.denoiser(x_t, t), dim=-1)  # noqa: E731
         T_prime = self.config.inference_noise_steps
         if T_prime > 0:
             t = torch.full((x.shape[0],), T_prime - 1, device=x.device, dtype=torch.long)
             x = self.scheduler.add_noise(x, keyed_noise.randn_like(x), t)
-        return sample(self.denoiser, self.scheduler, tuple(x.shape), x_T=x, mean_only=True)  # ddpm over all T steps
+        return sample(model_fn, self.scheduler, tuple(x.shape), x_T=x, mean_only=True)  # ddpm over all T steps
 
     def score(self, history: torch.Tensor) -> torch.Tensor:
         return self.reverse(history)
