@@ -90,7 +90,7 @@ class DiffRecConfig(ModelConfig):
     noise_scale: float = Field(0.1, gt=0, le=1, description="s: scales the whole variance schedule")
     noise_min: float = Field(0.0005, gt=0, lt=1, description="alpha_min, the variance at t = 1 before scaling")
     noise_max: float = Field(0.005, gt=0, lt=1, description="alpha_max, the variance at t = T before scaling")
-    reweight: bool = Field(True, description="weight L_t by Eq. 11 (SNR difference); False: plain MSE at every t")
+    reweight: bool = Field(True, description="weight L_t by Eq. 11 (SNR difference); False: the plain per-row error at every t")
     x0_loss: Literal["mse", "multinomial"] = Field(
         "mse", description="DiffRec: the per-row error of x0_hat; multinomial is an ablation, not the paper's"
     )
