@@ -75,7 +75,7 @@ from dreamrec.diffusion.schedules import linear_variance_betas
 from dreamrec.errors import ConfigError
 from dreamrec.models.base import ModelConfig, SequentialRecommender
 from dreamrec.nn.interaction import InteractionDenoiser
-from dreamrec.nn.latent import ClusteredVAE, gaussian_kl, item_clusters, multinomial_nll
+from dreamrec.nn.latent import ClusteredVAE, gaussian_kl, item_clusters, multinomial_nll, multinomial_nll_rows
 
 LOSS_HISTORY = 10  # losses kept per step for importance sampling
 LATENT_ONLY = ("latent_dim", "vae_dims", "vae_dropout", "vae_weight", "kl_cap", "kl_anneal_steps")
@@ -201,7 +201,7 @@ class DiffRec(SequentialRecommender):
         x_t = self.scheduler.add_noise(x0, torch.randn_like(x0), t)
         x0_hat = self.denoiser(x_t, t)
         if self.config.x0_loss == "multinomial":  # the ablation: -sum_i x0_i log softmax(x0_hat)_i per row
-            err = -(torch.log_softmax(x0_hat, dim=-1) * x0).sum(1)
+            err = multinomial_nll_rows(x0_hat, x0)
         else:  # Algorithm 1: the squared error, mean over items
             err = ((x0_hat - x0) ** 2).mean(1)
         L_t = err * self.loss_weights[t] if self.config.reweight else err

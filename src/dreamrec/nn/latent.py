@@ -214,9 +214,14 @@ class ClusteredVAE(nn.Module):
         return self.dec_out(z, perm, sizes)
 
 
+def multinomial_nll_rows(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mult-VAE's reconstruction loss ``-sum_i x_i log softmax(logits)_i`` of each row (no reduction)."""
+    return -(F.log_softmax(logits, dim=-1) * x).sum(-1)
+
+
 def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mult-VAE's reconstruction loss ``-sum_i x_i log softmax(logits)_i``, averaged over the batch."""
-    return -(F.log_softmax(logits, dim=-1) * x).sum(-1).mean()
+    """:func:`multinomial_nll_rows` averaged over the batch."""
+    return multinomial_nll_rows(logits, x).mean()
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
