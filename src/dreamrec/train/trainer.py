@@ -304,7 +304,7 @@ def train(
     popularity: dict[str, float] | None = None
     if model.batch_mode != "none" and config.health_checks:
         popularity = popularity_reference(dataset, lambda m: distributed.evaluate_sharded(
-            m, dataset.val, env, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
+            m.to(device), dataset.val, env, ks=ks, batch_size=config.eval_batch_size, max_len=width, device=device,
             exclude_seen=config.exclude_seen, seed=config.seed))
         say(f"popularity's validation {config.val_metric}: {popularity[config.val_metric]:.4f} (the reference)")
 
