@@ -283,7 +283,8 @@ def new_items_section(results: Path = RESULTS) -> str:
 TABLES = RESULTS / "tables"
 SPECS = ROOT.parent / "configs" / "tables"
 DATA_HINT = {"zhihu": "data/dreamrec/zhihu", "beauty": "data/diffurec/beauty.pkl", "ml-1m": "data/diffurec/ml-1m.pkl"}
-DATA_HINT |= {"zhihu-survey": DATA_HINT["zhihu"], "zhihu-diffrec": DATA_HINT["zhihu"], "beauty-diffrec": DATA_HINT["beauty"]}
+DATA_HINT |= {"zhihu-survey": DATA_HINT["zhihu"], "zhihu-diffrec": DATA_HINT["zhihu"], "zhihu-dimerec": DATA_HINT["zhihu"],
+              "beauty-diffrec": DATA_HINT["beauty"]}
 
 
 def _still_to_run(spec, spec_path: Path, table: dict) -> list[str]:

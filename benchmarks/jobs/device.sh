@@ -25,7 +25,7 @@ pack() {
     [ -f "$d/model.safetensors" ] && extra+=("$d/model.safetensors" "$d/config.yaml" "$d/log.jsonl" "$d/run.json" "$d/items.parquet")
   done
   # the epoch logs of runs kept under runs/gpu (small), beside the seed results and the queue logs
-  tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs $(ls runs/gpu/*/runs/*/*/seed*/log.jsonl 2>/dev/null) 2>/dev/null
+  tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs $(ls runs/gpu/*/runs/*/*/seed*/log.jsonl runs/gpu/w/*/runs/*/*/seed*/log.jsonl 2>/dev/null) 2>/dev/null
   [ ${#extra[@]} -gt 0 ] && tar czf "$OUT/weights.tgz" "${extra[@]}" 2>/dev/null
   ls -la "$OUT"
 }
