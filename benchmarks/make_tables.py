@@ -150,6 +150,8 @@ def idreamrec_section(results: Path = RESULTS) -> str:
         if ".seed" in path.name:
             continue
         rec = json.loads(path.read_text())
+        if "samplers" not in rec:  # another script's output in the same folder (cold / warm, run summaries)
+            continue
         tr = rec["config"].get("train", {})
         n = len(rec["seeds"])
         lines += [f"## iDreamRec on ML-1M: `{path.name}` ({n} seed{'s' if n != 1 else ''})", "",

@@ -122,7 +122,10 @@ def test_the_ledger_outlives_the_run_directories(spec, tmp_path: Path, monkeypat
     assert sorted(ledger) == [("popularity", 0), ("popularity", 1), ("sasrec", 0), ("sasrec", 1)]
     m = json.loads((tmp_path / "a" / "runs" / "tiny" / "sasrec" / "seed1" / "metrics.json").read_text())
     assert ledger[("sasrec", 1)]["test"] == m["test"] and ledger[("sasrec", 1)]["config"]["train"]["seed"] == 1
-    assert "seeds finished" in (results / "tiny.md").read_text()
+    md = (results / "tiny.md").read_text()
+    assert "seeds finished" in md
+    # the seeds' own machine is named, with how many seeds it trained (4 here, all on this machine)
+    assert f"on {ledger[('sasrec', 1)]['machine']} (4 seeds)" in md
 
     # another machine, or the same one after its run directories were lost: nothing trains
     shutil.rmtree(tmp_path / "a")

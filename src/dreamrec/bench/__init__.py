@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -266,7 +267,9 @@ def render(spec: TableSpec, summary: dict[str, Any], meta: dict[str, str]) -> st
     out.append("")
     if published and spec.published_source:
         out.append(f"Published numbers: {spec.published_source}.")
-    runs = f"; seeds finished {meta['runs']} (their records: `{spec.name}{ledger_mod.SUFFIX}`)" if meta.get("runs") else ""
+    where = f" on {meta['machines']}" if meta.get("machines") else ""
+    runs = (f"; seeds finished {meta['runs']}{where} (their records: `{spec.name}{ledger_mod.SUFFIX}`)"
+            if meta.get("runs") else "")
     out.append(f"Test split, full ranking, every row counted; each seed selected on validation. {meta['machine']}, "
                f"{meta['date']}{runs}; command: `{meta['command']}`.")
     return "\n".join(out) + "\n"
@@ -353,6 +356,10 @@ def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, res
     dates = sorted(runs[k]["finished"] for k in finished if k in runs and runs[k].get("finished"))
     if dates:
         meta["runs"] = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    # where the seeds trained (a table can gather seeds from several machines), by how many each
+    machines = Counter(runs[k]["machine"] for k in finished if k in runs and runs[k].get("machine"))
+    if machines:
+        meta["machines"] = "; ".join(f"{m} ({n} seed{'s' if n > 1 else ''})" for m, n in machines.most_common())
     record = {"table": spec.name, "spec": spec.model_dump(mode="json"), "ledger": ledger_file.name, **meta, **summary}
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{spec.name}.json").write_text(json.dumps(record, indent=2))
