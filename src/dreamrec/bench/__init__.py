@@ -353,11 +353,12 @@ def run_table(spec_path: str | Path, source: str | Path, out: str | Path, *, res
     summary = summarise(spec, results)
     meta = {"machine": here, "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    dates = sorted(runs[k]["finished"] for k in finished if k in runs and runs[k].get("finished"))
+    records = [runs[k] for k in finished if k in runs]
+    dates = sorted(r["finished"] for r in records if r.get("finished"))
     if dates:
         meta["runs"] = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     # where the seeds trained (a table can gather seeds from several machines), by how many each
-    machines = Counter(runs[k]["machine"] for k in finished if k in runs and runs[k].get("machine"))
+    machines = Counter(r["machine"] for r in records if r.get("machine"))
     if machines:
         meta["machines"] = "; ".join(f"{m} ({n} seed{'s' if n > 1 else ''})" for m, n in machines.most_common())
     record = {"table": spec.name, "spec": spec.model_dump(mode="json"), "ledger": ledger_file.name, **meta, **summary}
