@@ -51,17 +51,23 @@ def check(run_dir: Path, ds: PreparedDataset, n: int, seed: int) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def runs_and_rows_args(description: str, n_default: int) -> tuple[argparse.Namespace, PreparedDataset]:
+    """The command line shared by the scripts that score run directories on training rows: RUN..., --data, --name,
+    --n training rows, --seed, --threads (set here); returns the arguments and the loaded dataset."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, required=True, help="the prepared dataset the runs trained on")
     ap.add_argument("--name", required=True)
-    ap.add_argument("--n", type=int, default=8000, help="training rows to score (about the validation split's size)")
+    ap.add_argument("--n", type=int, default=n_default, help="training rows to score (about the validation split's size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     set_threads(args.threads, "evaluate")
-    ds = PreparedDataset.load(args.data)
+    return args, PreparedDataset.load(args.data)
+
+
+def main() -> None:
+    args, ds = runs_and_rows_args(__doc__.splitlines()[0], 8000)
     rows = [check(r, ds, args.n, args.seed) for r in args.runs]
     record = {"name": args.name, "data": str(args.data), "n_train_rows": args.n, "command": command_line(),
               "machine": machine(), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
