@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS  # noqa: E402
 from train_vs_val import runs_and_rows_args, training_rows  # noqa: E402
 
+from dreamrec.data.batching import Batch  # noqa: E402
 from dreamrec.data.dataset import PreparedDataset, SampleRows  # noqa: E402
 from dreamrec.eval.evaluate import evaluate  # noqa: E402
 from dreamrec.eval.report import command_line, machine  # noqa: E402
 from dreamrec.models.diqdiff_authors import discrepancy_loss  # noqa: E402
-from dreamrec.train.checkpoint import checkpoint_state, load_checkpoint  # noqa: E402
+from dreamrec.train.checkpoint import has_checkpoint, load_checkpoint  # noqa: E402
 from dreamrec.train.run import load_run  # noqa: E402
 
 
@@ -46,11 +47,7 @@ def loss_terms(model, rows: SampleRows, batch: int, max_len: int, seed: int) -> 
     for s in range(0, len(rows.target), batch):
         h = torch.as_tensor(rows.history[s:s + batch, -max_len:], dtype=torch.long)
         tgt = torch.as_tensor(rows.target[s:s + batch], dtype=torch.long)
-        e, valid = model.history_representation(h)
-        x0 = model.item_embedding(tgt)
-        t = model.scheduler.sample_timesteps(len(tgt), device=x0.device)
-        x_t = model.scheduler.add_noise(x0, model.forward_noise(x0), t)
-        x0_hat = model.approximator(e, valid, x_t, t)
+        x0_hat = model.reconstruct(Batch(h, tgt))  # the training path, one noise draw per row
         logits = x0_hat @ E.T
         k = len(tgt)
         sums["ce"] += float(F.cross_entropy(logits, tgt)) * k
@@ -72,8 +69,7 @@ def diagnose(run_dir: Path, ds: PreparedDataset, n: int, seed: int) -> dict:
     rows = {"train": training_rows(ds, n, seed), "val": ds.val}
     out: dict = {"run": str(run_dir), "uniform_ce": math.log(ds.n_items + 1)}
     weights = {"selected": None}
-    state = checkpoint_state(run_dir / "checkpoint")
-    if state is not None:
+    if has_checkpoint(run_dir / "checkpoint"):
         weights["last"] = run_dir / "checkpoint"
     for label, ckpt in weights.items():
         if ckpt is not None:

@@ -168,13 +168,18 @@ class DiffuRec(SequentialRecommender):
         """The training noise: ``N(0, I)``, or offset noise (Eq. 17) when ``offset_noise > 0``."""
         return offset_noise(x0, self.config.offset_noise, self.config.offset_mode)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Cross-entropy of ``x0_hat . E[1:]^T`` against the target (Eq. 24-25)."""
+    def reconstruct(self, batch: Batch) -> torch.Tensor:
+        """The training reconstruction ``x0_hat`` [B, d]: the target's embedding noised to a random step (Eq. 18-20)
+        and denoised by the approximator, guided by the history."""
         e, valid = self.history_representation(batch.history)
         x0 = self.item_embedding(batch.target)  # gradients flow into the table
         t = self.scheduler.sample_timesteps(x0.shape[0], device=x0.device)
         x_t = self.scheduler.add_noise(x0, self.forward_noise(x0), t)  # Eq. 18-20
-        x0_hat = self.approximator(e, valid, x_t, t)
+        return self.approximator(e, valid, x_t, t)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of ``x0_hat . E[1:]^T`` against the target (Eq. 24-25)."""
+        x0_hat = self.reconstruct(batch)
         if self.config.official_padding:  # the padding column is a class of the softmax (model.py:75)
             ce = F.cross_entropy(x0_hat @ self.item_embedding.weight.T, batch.target)
         else:
