@@ -27,6 +27,10 @@ pack() {
   # the epoch logs of runs kept under runs/gpu (small), beside the seed results and the queue logs
   tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs $(ls runs/gpu/*/runs/*/*/seed*/log.jsonl runs/gpu/w/*/runs/*/*/seed*/log.jsonl 2>/dev/null) 2>/dev/null
   [ ${#extra[@]} -gt 0 ] && tar czf "$OUT/weights.tgz" "${extra[@]}" 2>/dev/null
+  # a resumable run folder (runs/idreamrec-ml1m/seed0, ~23 MB) comes back in parts under the 16 MiB limit per file
+  if [ -d runs/idreamrec-ml1m/seed0 ]; then
+    tar cf - runs/idreamrec-ml1m/seed0 | split -b 15M - "$OUT/idreamrec-run.tar.part-"
+  fi
   ls -la "$OUT"
 }
 
