@@ -2,6 +2,7 @@
 # Fill benchmark tables on a lent GPU machine (one H100/H200, 16 cores) with benchmarks/jobqueue.py.
 #   bash benchmarks/jobs/device.sh start JOBS WORKERS SECONDS   # install, launch the queue detached, watch
 #   bash benchmarks/jobs/device.sh poll SECONDS                 # watch; both end by packing results
+#   KEEP_RUNS='DIR ...' before either: those run folders come back too (runs.tar.part-*: cat, then tar x)
 # Needs (carried with the working tree): runs/bench/data (prepared splits), runs/textcache (MiniLM item and
 # intention embeddings, so no model download), .whl (pydantic wheels the machine's image lacks).
 # Results: runs/gpu/results (seed JSON files), runs/gpu/logs; packed into $OUT/gpu.tgz.
@@ -27,10 +28,12 @@ pack() {
   # the epoch logs of runs kept under runs/gpu (small), beside the seed results and the queue logs
   tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs $(ls runs/gpu/*/runs/*/*/seed*/log.jsonl runs/gpu/w/*/runs/*/*/seed*/log.jsonl 2>/dev/null) 2>/dev/null
   [ ${#extra[@]} -gt 0 ] && tar czf "$OUT/weights.tgz" "${extra[@]}" 2>/dev/null
-  # a resumable run folder (runs/idreamrec-ml1m/seed0, ~23 MB) comes back in parts under the 16 MiB limit per file
-  if [ -d runs/idreamrec-ml1m/seed0 ]; then
-    tar cf - runs/idreamrec-ml1m/seed0 | split -b 15M - "$OUT/idreamrec-run.tar.part-"
-  fi
+  # run folders named in $KEEP_RUNS (space-separated) come back whole, checkpoint included, so a run the loan did not
+  # finish can be resumed elsewhere: one tar in parts under the 16 MiB limit per file (64 MiB in all; about 40 MB
+  # for a Beauty diqdiff-authors run)
+  local keep=()
+  for d in ${KEEP_RUNS:-}; do [ -d "$d" ] && keep+=("$d"); done
+  [ ${#keep[@]} -gt 0 ] && tar cf - "${keep[@]}" | split -b 15M - "$OUT/runs.tar.part-"
   ls -la "$OUT"
 }
 
