@@ -29,10 +29,11 @@ pack() {
   tar czf "$OUT/gpu.tgz" runs/gpu/results runs/gpu/logs $(ls runs/gpu/*/runs/*/*/seed*/log.jsonl runs/gpu/w/*/runs/*/*/seed*/log.jsonl 2>/dev/null) 2>/dev/null
   [ ${#extra[@]} -gt 0 ] && tar czf "$OUT/weights.tgz" "${extra[@]}" 2>/dev/null
   # run folders named in $KEEP_RUNS (space-separated) come back whole, checkpoint included, so a run the loan did not
-  # finish can be resumed elsewhere: one tar in parts under the 16 MiB limit per file (64 MiB in all; about 40 MB
-  # for a Beauty diqdiff-authors run)
+  # finish can be resumed elsewhere: one tar in parts under the 16 MiB limit per file (64 MiB in all; a Beauty
+  # diqdiff-authors run is an estimated 40 MB); parts of an earlier pack are removed first
   local keep=()
   for d in ${KEEP_RUNS:-}; do [ -d "$d" ] && keep+=("$d"); done
+  rm -f "$OUT"/runs.tar.part-*
   [ ${#keep[@]} -gt 0 ] && tar cf - "${keep[@]}" | split -b 15M - "$OUT/runs.tar.part-"
   ls -la "$OUT"
 }
