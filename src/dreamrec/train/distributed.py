@@ -21,6 +21,7 @@ Without ``WORLD_SIZE > 1`` nothing here does anything: a single process trains a
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -83,7 +84,15 @@ def setup(device: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # Leave the group before the interpreter exits: a gloo group torn down by exit alone can
+        # abort a rank ("terminate called without an active exception") after its work is done.
+        atexit.register(_leave_group)
     return env, dev
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(env: Dist) -> None:
