@@ -5,8 +5,9 @@
         [--published "DiffuRec (paper)=11.11"] [--metric HR@20]
 
 Reads each run directory's ``log.jsonl`` (one line per epoch, with the validation metrics; the last
-epoch flagged best is the selected one) and, when present, ``metrics.json`` (the test metrics of the
-selected epoch; a run copied without it is drawn without its test value). Writes ``{name}.json`` (every
+epoch flagged best is the selected one; a saved ``*.jsonl`` log may stand in for the directory) and, when
+present, ``metrics.json`` (the test metrics of the selected epoch; a run copied without it, or a log
+alone, is drawn without its test value). Writes ``{name}.json`` (every
 curve, the selected epoch and its test value) and ``{name}.png`` (validation ``--metric`` against the
 epoch; the selected epoch marked and labelled with its test value; the papers' published TEST
 numbers as dashed lines, for scale only: a validation curve and a test number are not the same
@@ -38,10 +39,20 @@ def labelled(text: str) -> tuple[str, str]:
 
 
 def read_curve(run_dir: Path, metric: str) -> dict[str, Any]:
-    """Epochs with a validation entry, their ``metric``, the selected epoch and (if saved) its test metrics."""
-    log = run_dir / "log.jsonl"
-    if not log.is_file():
-        raise SystemExit(f"{run_dir}: no log.jsonl (not a run directory written by `dreamrec train`)")
+    """Epochs with a validation entry, their ``metric``, the selected epoch and (if saved) its test metrics.
+
+    ``run_dir`` is a run directory or a saved copy of a run's log (a file ending in ``.jsonl``, such as the
+    logs kept in ``benchmarks/results/survey_checks/``); a log alone has no test metrics.
+    """
+    log_only = run_dir.suffix == ".jsonl"
+    if log_only:
+        log = run_dir
+        if not log.is_file():
+            raise SystemExit(f"{log}: no such log file")
+    else:
+        log = run_dir / "log.jsonl"
+        if not log.is_file():
+            raise SystemExit(f"{run_dir}: no log.jsonl (not a run directory written by `dreamrec train`)")
     epochs, values, seconds, best = [], [], [], None
     for line in log.read_text().splitlines():
         if not line.strip():
@@ -60,7 +71,7 @@ def read_curve(run_dir: Path, metric: str) -> dict[str, Any]:
         raise SystemExit(f"{log}: no epoch with a validation result")
     out: dict[str, Any] = {"epochs": epochs, "val": values, "seconds": seconds, "best_epoch": best, "test": None}
     metrics = run_dir / "metrics.json"
-    if metrics.is_file():
+    if not log_only and metrics.is_file():
         m = json.loads(metrics.read_text())
         out["best_epoch"] = m.get("best_epoch")
         out["test"] = (m.get("test") or {}).get(metric)
@@ -102,7 +113,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True, help="output file stem")
-    ap.add_argument("--run", type=labelled, action="append", required=True, help="LABEL=RUN_DIR (repeatable)")
+    ap.add_argument("--run", type=labelled, action="append", required=True,
+                    help="LABEL=RUN_DIR or LABEL=LOG.jsonl (repeatable)")
     ap.add_argument("--published", type=labelled, action="append", default=[],
                     help="LABEL=VALUE: a published test number in percent, drawn for scale (repeatable)")
     ap.add_argument("--metric", default="HR@20")

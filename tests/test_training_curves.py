@@ -26,6 +26,9 @@ def test_curve_of_a_trained_run(tmp_path, small_synthetic):
     assert curve["test"] == metrics["test"]["HR@20"]
     (tmp_path / "run" / "metrics.json").unlink()  # a copied run without its test metrics
     assert read_curve(tmp_path / "run", "HR@20")["test"] is None
+    saved = tmp_path / "seed1.log.jsonl"  # a run's log kept on its own, as in benchmarks/results/survey_checks
+    saved.write_text((tmp_path / "run" / "log.jsonl").read_text())
+    assert read_curve(saved, "HR@20") == read_curve(tmp_path / "run", "HR@20")
     result = {"name": "t", "metric": "HR@20", "published": {"paper": 5.0},
               "runs": [{"label": "sasrec", **curve}]}
     plot(result, tmp_path / "t.png")
@@ -38,6 +41,8 @@ def test_bad_input_is_named(tmp_path):
         labelled("runs/x")
     with pytest.raises(SystemExit, match="no log.jsonl"):
         read_curve(tmp_path, "HR@20")
+    with pytest.raises(SystemExit, match="no such log file"):
+        read_curve(tmp_path / "missing.log.jsonl", "HR@20")
     (tmp_path / "log.jsonl").write_text(json.dumps({"epoch": 1, "loss": 1.0, "val": {"NDCG@20": 0.1}}) + "\n")
     with pytest.raises(SystemExit, match="no validation 'HR@20'"):
         read_curve(tmp_path, "HR@20")
